@@ -1,0 +1,7 @@
+"""``python -m sockecho`` runs the command line."""
+
+import sys
+
+from sockecho.cli import main
+
+sys.exit(main())

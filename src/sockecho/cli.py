@@ -1,0 +1,291 @@
+"""The ``sockecho`` command: a thin layer over the library, ``main(argv) -> exit code``.
+
+Results go to stdout; the ready line, logs and errors to stderr. Errors are one
+line, ``sockecho: error: <what happened> (<hint>)``, never a traceback; the exit
+codes are :class:`ExitCode`. This module is the only place that maps errors to
+exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import signal
+import sys
+import textwrap
+from collections.abc import Sequence
+from types import FrameType
+
+from sockecho import __version__, client
+from sockecho.config import (
+    DEFAULT_BACKLOG,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PORT,
+    ServerConfig,
+)
+from sockecho.errors import ConfigError, SockechoError
+from sockecho.server import Server
+from sockecho.servers import DEFAULT_MODEL, MODELS
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1  # a runtime error: address in use, refused, echo mismatch...
+    USAGE = 2  # bad arguments (argparse's own code)
+
+
+#: The line printed to stderr when a listener is ready; scripts and tests wait for it.
+READY_LINE = "listening on {endpoint}"
+
+log = logging.getLogger("sockecho")
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more seconds")
+    return value
+
+
+SERVE_EXAMPLES = """\
+examples:
+  sockecho serve                          asyncio model on 127.0.0.1:50010
+  sockecho serve --model iterative        the course's first exercise: one client at a time
+  sockecho serve --port 0                 pick a free port (read it from the ready line)
+  sockecho serve --host :: --port 7007    IPv4 and IPv6 clients on every interface
+
+When a listener is ready, one line goes to stderr: "listening on tcp://HOST:PORT"
+(IPv6 hosts in brackets). SIGINT or SIGTERM stops it gracefully (exit 0); a second
+signal stops at once.
+"""
+
+SEND_EXAMPLES = """\
+examples:
+  sockecho send hola                      prints "hola" as echoed by the server
+  sockecho send --port 7007 hello world   sends "hello world\\n", waits for all of it
+  sockecho send < big.bin > copy.bin      streams a file through the server
+  echo hi | sockecho send                 the same with a pipe
+
+Exit status: 0 when the echo came back complete and identical, 1 otherwise.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sockecho",
+        description="An Echo Protocol (RFC 862) server in five classic designs, and its client.",
+        epilog="Run 'sockecho COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"sockecho {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run an echo server",
+        description="Run an echo server: every byte received is sent back, in order, unchanged.",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default=DEFAULT_MODEL,
+        help=f"server design (default: {DEFAULT_MODEL}); 'sockecho models' describes each",
+    )
+    add_address_arguments(serve)
+    serve.add_argument(
+        "--backlog",
+        type=positive_int,
+        default=DEFAULT_BACKLOG,
+        help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=seconds,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close connections idle this long; 0 disables (default: {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="connections served at once; more are closed at once "
+        "(default: 10000; select model: 1000)",
+    )
+    serve.add_argument(
+        "--max-per-source",
+        type=int,
+        default=0,
+        metavar="N",
+        help="connections at once from one source address; 0 means no limit (default: 0)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=seconds,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM, let open connections finish for this long "
+        f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
+    )
+    add_verbosity_arguments(serve)
+    serve.set_defaults(run=run_serve, parser=serve)
+
+    send = commands.add_parser(
+        "send",
+        help="send a message (or stdin) and print the echo",
+        description=textwrap.dedent(
+            """\
+            With MESSAGE words: send them joined by spaces plus a newline, wait for the
+            whole echo and print it. Without: stream stdin through the server to stdout,
+            half-close after the end of input, and check that every byte came back."""
+        ),
+        epilog=SEND_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_address_arguments(send)
+    send.add_argument(
+        "--timeout",
+        type=seconds,
+        default=client.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up connecting, or waiting for an outstanding echo, after this long "
+        f"(default: {client.DEFAULT_TIMEOUT:g}; 0 waits forever)",
+    )
+    send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
+    send.set_defaults(run=run_send, parser=send)
+    return parser
+
+
+def add_address_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"host name or address (default: {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        default=DEFAULT_PORT,
+        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)",
+    )
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only the ready line and errors")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug detail")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO
+    if getattr(args, "quiet", False):
+        level = logging.WARNING
+    elif getattr(args, "verbose", False):
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("sockecho")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        config = ServerConfig(
+            model=args.model,
+            host=args.host,
+            port=args.port,
+            backlog=args.backlog,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+            max_per_source=args.max_per_source,
+            drain_timeout=args.drain_timeout,
+        )
+        server = Server(config)
+    except ConfigError as exc:
+        args.parser.error(str(exc))  # exits 2 with the usage line
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        server.request_stop()  # a second signal makes it stop at once (no drain)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    for endpoint in server.start():
+        print(READY_LINE.format(endpoint=endpoint), file=sys.stderr, flush=True)
+    server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
+    server.join()
+    snapshot = server.snapshot()
+    log.info(
+        "stopped: %d connections served, %d bytes echoed",
+        snapshot.connections_accepted,
+        snapshot.bytes_echoed,
+    )
+    return ExitCode.OK
+
+
+def run_send(args: argparse.Namespace) -> int:
+    timeout = args.timeout or None
+    if args.message:
+        message = (" ".join(args.message) + "\n").encode()
+        reply = client.echo(message, args.host, args.port, timeout)
+        sys.stdout.buffer.write(reply)
+        sys.stdout.buffer.flush()
+    else:
+        client.stream(sys.stdin.buffer, sys.stdout.buffer, args.host, args.port, timeout)
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: sys.argv[1:]) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args)
+    try:
+        code: int = args.run(args)
+    except SockechoError as exc:
+        return fail(str(exc))
+    except BrokenPipeError:
+        return fail("output closed before the echo was written (a closed pipe)")
+    except KeyboardInterrupt:
+        return fail("interrupted")
+    except Exception as exc:  # no traceback ever reaches a user; -v logs it
+        log.debug("unexpected error", exc_info=True)
+        return fail(f"unexpected {type(exc).__name__}: {exc} (please report this; -v shows more)")
+    return code
+
+
+def fail(message: str) -> int:
+    print(f"sockecho: error: {message}", file=sys.stderr, flush=True)
+    return ExitCode.FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The echo rules every server model shares, free of I/O.
+
+A model only waits for readiness and moves bytes; everything it has to decide
+is decided here, once:
+
+* :class:`EchoSession` - one connection. What to send back (everything received,
+  in order, unchanged: RFC 862), when to stop reading (the unsent echo is above
+  the high-water mark) and when to resume (below the low-water mark), when the
+  connection is finished (the peer half-closed and every byte went back), and
+  whether it has been idle too long.
+* :class:`ConnectionGate` - admission. Whether one more connection fits under the
+  global and per-source limits.
+* :class:`ServerStats` - what is counted, with a frozen :class:`StatsSnapshot` for
+  readers and a condition to wait on (tests wait for counters, never sleep).
+
+Life of a session, as a model drives it::
+
+    accept ──> EchoSession(...)
+                 │  data_received(chunk)   bytes arrived          ──> pending grows
+                 │  data_to_send()         what to write now       (a memoryview)
+                 │  data_sent(n)           n bytes were written    ──> pending shrinks
+                 │  wants_read             False above high water, True again below low water
+                 │  eof_received()         the peer shut its write side
+                 └─ finished               EOF seen and nothing pending: close the socket
+
+Blocking models (``iterative``, ``threading``) never hold unsent bytes: ``sendall``
+blocks until the peer reads, which is their back-pressure. They still count
+through :meth:`EchoSession.echoed` so every model reports the same numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sockecho.config import ServerConfig
+
+Clock = Callable[[], float]
+
+
+class SessionState(enum.Enum):
+    """Where a connection is in its life."""
+
+    OPEN = "open"  # echoing in both directions
+    DRAINING = "draining"  # peer half-closed; sending what is still pending
+    CLOSED = "closed"
+
+
+class EchoSession:
+    """The echo state of one connection.
+
+    ``peer`` is the printable peer address. ``clock`` is injectable for tests and
+    defaults to :func:`time.monotonic` (seconds).
+    """
+
+    __slots__ = (
+        "_activity_mark",
+        "_clock",
+        "_high_water",
+        "_idle_timeout",
+        "_low_water",
+        "_out",
+        "_out_start",
+        "_reading",
+        "bytes_received",
+        "bytes_sent",
+        "last_activity",
+        "opened_at",
+        "peer",
+        "source",
+        "state",
+    )
+
+    def __init__(
+        self, config: ServerConfig, peer: str, source: str = "", clock: Clock = time.monotonic
+    ) -> None:
+        self.peer = peer
+        self.source = source
+        self._clock = clock
+        self._high_water = config.high_water
+        self._low_water = config.low_water
+        self._idle_timeout = config.idle_timeout
+        self._out = bytearray()
+        self._out_start = 0  # bytes at the front of _out already sent (compacted lazily)
+        self._reading = True
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.state = SessionState.OPEN
+        self.opened_at = clock()
+        self.last_activity = self.opened_at
+        self._activity_mark = 0
+
+    # -- bytes in, bytes out --------------------------------------------------------------
+
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        """Call with every chunk read from the socket; it becomes pending echo."""
+        self.bytes_received += len(data)
+        self._out += data
+        if self.pending > self._high_water:
+            self._reading = False
+
+    def data_to_send(self) -> memoryview:
+        """The bytes to write now (may be empty). Valid until the next call on this session."""
+        return memoryview(self._out)[self._out_start :]
+
+    def data_sent(self, n: int) -> None:
+        """Call after writing ``n`` bytes of :meth:`data_to_send`."""
+        self.bytes_sent += n
+        self._out_start += n
+        if self._out_start == len(self._out):
+            self._out.clear()  # keeps capacity: the next small echo reuses the allocation
+            self._out_start = 0
+        elif self._out_start > self._high_water:
+            del self._out[: self._out_start]  # compact so the buffer never creeps upward
+            self._out_start = 0
+        if not self._reading and self.pending <= self._low_water:
+            self._reading = True
+
+    def echoed(self, n: int) -> None:
+        """Count ``n`` bytes received and written back at once (blocking and transport models)."""
+        self.bytes_received += n
+        self.bytes_sent += n
+
+    def eof_received(self) -> None:
+        """Call when recv() returned b'': the peer will send nothing more."""
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.DRAINING
+
+    def close(self) -> None:
+        """Mark the session closed (the model closes the socket)."""
+        self.state = SessionState.CLOSED
+
+    # -- what the model should do -----------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet echoed back."""
+        return len(self._out) - self._out_start
+
+    @property
+    def wants_read(self) -> bool:
+        """Whether the model should read from this connection now (flow control)."""
+        return self._reading and self.state is SessionState.OPEN
+
+    @property
+    def wants_write(self) -> bool:
+        """Whether there is echo waiting to be written."""
+        return self.pending > 0 and self.state is not SessionState.CLOSED
+
+    @property
+    def finished(self) -> bool:
+        """True once the peer half-closed and every byte went back: close the socket."""
+        return self.state is SessionState.CLOSED or (
+            self.state is SessionState.DRAINING and self.pending == 0
+        )
+
+    def is_idle(self, now: float | None = None) -> bool:
+        """Whether no byte moved for ``idle_timeout`` seconds (never, when the limit is 0).
+
+        Call it from a periodic sweep. It notices traffic by comparing byte
+        counters with the last sweep, so the hot path never reads the clock.
+        """
+        if not self._idle_timeout:
+            return False
+        now = self._clock() if now is None else now
+        mark = self.bytes_received + self.bytes_sent
+        if mark != self._activity_mark:
+            self._activity_mark = mark
+            self.last_activity = now
+            return False
+        return now - self.last_activity >= self._idle_timeout
+
+    def duration(self) -> float:
+        """Seconds since the connection opened."""
+        return self._clock() - self.opened_at
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Counters of one server at one moment (all since the server started)."""
+
+    connections_accepted: int
+    connections_active: int
+    connections_closed: int
+    connections_rejected: int
+    connection_errors: int
+    idle_closed: int
+    bytes_echoed: int
+
+
+class ServerStats:
+    """Counters a server keeps; thread-safe, updated once per connection event."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.connections_accepted = 0
+        self.connections_active = 0
+        self.connections_closed = 0
+        self.connections_rejected = 0
+        self.connection_errors = 0
+        self.idle_closed = 0
+        self.bytes_echoed = 0
+
+    def opened(self) -> None:
+        with self._changed:
+            self.connections_accepted += 1
+            self.connections_active += 1
+            self._changed.notify_all()
+
+    def closed(self, session: EchoSession, *, error: bool = False, idle: bool = False) -> None:
+        with self._changed:
+            self.connections_active -= 1
+            self.connections_closed += 1
+            self.bytes_echoed += session.bytes_sent
+            self.connection_errors += error
+            self.idle_closed += idle
+            self._changed.notify_all()
+
+    def rejected(self) -> None:
+        with self._changed:
+            self.connections_rejected += 1
+            self._changed.notify_all()
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._changed:
+            return StatsSnapshot(
+                connections_accepted=self.connections_accepted,
+                connections_active=self.connections_active,
+                connections_closed=self.connections_closed,
+                connections_rejected=self.connections_rejected,
+                connection_errors=self.connection_errors,
+                idle_closed=self.idle_closed,
+                bytes_echoed=self.bytes_echoed,
+            )
+
+    def wait_for(self, predicate: Callable[[StatsSnapshot], bool], timeout: float) -> bool:
+        """Block until ``predicate(snapshot)`` holds; False if ``timeout`` seconds pass first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.snapshot()), timeout)
+
+
+class ConnectionGate:
+    """Admission control: a global connection limit and an optional per-source limit.
+
+    ``admit(source)`` before serving a new connection; if it returns False close
+    the connection at once. ``release(source)`` when an admitted one closes.
+    Thread-safe (the threading model admits from the accept thread and releases
+    from connection threads).
+    """
+
+    def __init__(self, max_connections: int, max_per_source: int = 0) -> None:
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self._lock = threading.Lock()
+        self._total = 0
+        self._per_source: dict[str, int] = {}
+
+    def admit(self, source: str) -> bool:
+        with self._lock:
+            if self._total >= self.max_connections:
+                return False
+            count = self._per_source.get(source, 0)
+            if self.max_per_source and count >= self.max_per_source:
+                return False
+            self._total += 1
+            self._per_source[source] = count + 1
+            return True
+
+    def release(self, source: str) -> None:
+        with self._lock:
+            self._total -= 1
+            left = self._per_source[source] - 1
+            if left:
+                self._per_source[source] = left
+            else:
+                del self._per_source[source]
+
+
+class RateLimitedNotice:
+    """Says an event at most once per ``interval`` seconds, with how many were folded in.
+
+    ``note()`` returns the number of events since the last report when it is time
+    to report again, else 0: log "N connections rejected" instead of N lines.
+    """
+
+    def __init__(self, interval: float = 5.0, clock: Clock = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._count = 0
+        self._next = 0.0
+
+    def note(self) -> int:
+        self._count += 1
+        now = self._clock()
+        if now < self._next:
+            return 0
+        self._next = now + self._interval
+        count, self._count = self._count, 0
+        return count

@@ -1,0 +1,131 @@
+"""Addresses and listening sockets: the socket → bind → listen part every model shares.
+
+``open_listeners`` resolves the host with ``getaddrinfo`` and opens one listening
+socket per address it gives (``localhost`` → 127.0.0.1 and ::1), all on the same
+port. ``::`` is opened dual-stack (``IPV6_V6ONLY`` off), so one socket serves
+IPv4 and IPv6 clients. OS errors become :class:`~sockecho.errors.BindError` or
+:class:`~sockecho.errors.ResolveError` here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from typing import Any
+
+from sockecho.errors import BindError, ResolveError
+
+SockAddr = tuple[Any, ...]
+
+
+def format_host_port(host: str, port: int) -> str:
+    """``127.0.0.1:50010``, or ``[::1]:50010`` for IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_sockaddr(addr: SockAddr | str) -> str:
+    """Printable form of a socket address as returned by accept()/getsockname()."""
+    if isinstance(addr, str):  # AF_UNIX
+        return addr or "unix"
+    host = str(addr[0])
+    if host.startswith("::ffff:") and "." in host:  # an IPv4 client on a dual-stack socket
+        host = host[len("::ffff:") :]
+    return format_host_port(host, int(addr[1]))
+
+
+def source_of(addr: SockAddr | str) -> str:
+    """The peer's host alone (per-source limits key on it)."""
+    if isinstance(addr, str):
+        return addr
+    host = str(addr[0])
+    return host[len("::ffff:") :] if host.startswith("::ffff:") and "." in host else host
+
+
+def endpoint_url(scheme: str, sock: socket.socket) -> str:
+    """The ready-line form, e.g. ``tcp://127.0.0.1:50010`` or ``tcp://[::1]:50010``."""
+    return f"{scheme}://{format_sockaddr(sock.getsockname())}"
+
+
+def resolve(
+    host: str, port: int, socktype: socket.SocketKind, *, passive: bool
+) -> list[tuple[socket.AddressFamily, SockAddr]]:
+    """getaddrinfo, de-duplicated, in the resolver's order; ResolveError if nothing."""
+    flags = socket.AI_PASSIVE if passive else 0
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socktype, 0, flags)
+    except socket.gaierror as exc:
+        raise ResolveError(f"unknown host {host!r}", exc.strerror) from None
+    seen: set[tuple[int, SockAddr]] = set()
+    result: list[tuple[socket.AddressFamily, SockAddr]] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        key = (int(family), tuple(sockaddr[:2]))
+        if key not in seen:
+            seen.add(key)
+            result.append((family, tuple(sockaddr)))
+    if not result:
+        raise ResolveError(f"no IPv4 or IPv6 address for host {host!r}")
+    return result
+
+
+def bind_error(exc: OSError, host: str, port: int, kind: str = "tcp") -> BindError:
+    """Translate a bind()/listen() failure into the one line a user sees."""
+    where = format_host_port(host, port)
+    if exc.errno == errno.EADDRINUSE:
+        return BindError(
+            f"address already in use: {kind}://{where}",
+            "another server is running there; stop it, pick another --port, or use --port 0",
+        )
+    if exc.errno == errno.EACCES:
+        return BindError(
+            f"permission denied binding {kind}://{where}",
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE; use a port above 1023",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return BindError(
+            f"cannot bind {kind}://{where}: no such address on this machine",
+            "use an address of one of this machine's interfaces, e.g. 127.0.0.1",
+        )
+    return BindError(f"cannot listen on {kind}://{where}: {exc.strerror or exc}")
+
+
+def open_listeners(
+    host: str, port: int, backlog: int, socket_class: type[socket.socket] = socket.socket
+) -> list[socket.socket]:
+    """socket() → setsockopt(SO_REUSEADDR) → bind() → listen() for every address of ``host``.
+
+    With ``port=0`` the first socket gets a free port from the kernel and the
+    others reuse that number, so every address of a name shares one port.
+    Listening sockets are left blocking; models set what they need.
+    """
+    opened: list[socket.socket] = []
+    try:
+        for family, sockaddr in resolve(host, port, socket.SOCK_STREAM, passive=True):
+            sock = socket_class(family, socket.SOCK_STREAM)
+            opened.append(sock)
+            # Restart at once on the same port although old connections sit in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # "::" serves IPv4 too; a specific IPv6 address only itself.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            address = sockaddr
+            if port == 0 and len(opened) > 1:
+                address = (sockaddr[0], opened[0].getsockname()[1], *sockaddr[2:])
+            try:
+                sock.bind(address)
+                sock.listen(backlog)
+            except OSError as exc:
+                raise bind_error(exc, str(address[0]), int(address[1])) from None
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY: an echo is sent at once, not held back by Nagle (up to 40 ms stalls)."""
+    with contextlib.suppress(OSError):  # not TCP (a socketpair), or the peer already left
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

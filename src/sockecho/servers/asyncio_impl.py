@@ -1,0 +1,192 @@
+"""``asyncio``: the default and the fastest - an event loop with the Protocol/Transport API.
+
+How it waits
+    asyncio's event loop runs on ``selectors`` (epoll) like the ``selectors``
+    model, but the waiting, the registration and the partial writes are done by
+    the loop's *transport*; the model only says what to do with bytes. We use
+    the low-level ``BufferedProtocol`` rather than streams: streams add a
+    coroutine, a future and a buffer copy per message (about 50% more CPU per
+    echo, see docs/PERFORMANCE.md).
+
+The fast path
+    The kernel copies each read into one preallocated buffer (``get_buffer``),
+    and ``buffer_updated`` hands that slice straight to ``transport.write``,
+    which sends it at once when the socket can take it. No per-message
+    allocation, unlike stock asyncio, which reads into a fresh 256 KiB bytes
+    object per ``recv``. When the kernel takes only part of a write, the
+    transport keeps the rest: we then switch to a fresh read buffer so the kept
+    bytes are never overwritten (Python 3.12+ keeps a view, not a copy).
+
+Back-pressure
+    The transport's write buffer limits are set to the shared high/low-water
+    marks; above the high mark asyncio calls ``pause_writing``, and we stop
+    reading from that client until ``resume_writing``.
+
+What it costs and where it breaks
+    One thread; per connection a transport and a protocol object (about 1.5 KiB
+    RSS). One core of Python at most, as with every single-threaded loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from sockecho.config import ServerConfig
+from sockecho.core import EchoSession
+from sockecho.servers.base import EchoServer, SocketCalls, sweep_interval
+
+
+class EchoProtocol(asyncio.BufferedProtocol):
+    """One connection: every byte read is written back unchanged."""
+
+    __slots__ = ("_buffer", "_read_size", "server", "session", "transport")
+
+    def __init__(self, server: AsyncioServer) -> None:
+        self.server = server
+        self._read_size = server.config.read_size
+        self._buffer = memoryview(bytearray(self._read_size))
+        self.session: EchoSession | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.session = self.server.connection_made(self, transport)
+        if self.session is not None:
+            transport.set_write_buffer_limits(
+                high=self.server.config.high_water, low=self.server.config.low_water
+            )
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        transport = self.transport
+        assert transport is not None
+        assert self.session is not None
+        transport.write(self._buffer[:nbytes])
+        self.session.echoed(nbytes)
+        if transport.get_write_buffer_size():
+            # The transport kept (a view of) the unsent part: read into a new buffer.
+            self._buffer = memoryview(bytearray(self._read_size))
+
+    def eof_received(self) -> bool:
+        # Returning False lets the transport close after flushing what is still pending:
+        # RFC 862's half-close is "finish the echo, then close".
+        return False
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # the client is not reading: stop reading from it
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.server.connection_lost(self, exc)
+
+
+class AsyncioServer(EchoServer):
+    name = "asyncio"
+    summary = "asyncio event loop, BufferedProtocol: the kernel reads into one reused buffer"
+
+    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
+        super().__init__(config, calls)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._all_closed: asyncio.Event | None = None
+        self._protocols: dict[EchoProtocol, EchoSession] = {}
+        self._idle_closed: set[EchoProtocol] = set()
+
+    # -- called by the protocol -----------------------------------------------------------
+
+    def connection_made(
+        self, protocol: EchoProtocol, transport: asyncio.Transport
+    ) -> EchoSession | None:
+        session = self.admit(transport.get_extra_info("peername"))
+        if session is None:
+            transport.abort()
+        else:
+            self._protocols[protocol] = session
+        return session
+
+    def connection_lost(self, protocol: EchoProtocol, exc: Exception | None) -> None:
+        session = self._protocols.pop(protocol)
+        idle = protocol in self._idle_closed
+        self._idle_closed.discard(protocol)
+        self.release(session, exc, idle=idle)
+        if not self._protocols and self._all_closed is not None:
+            self._all_closed.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        with asyncio.Runner(loop_factory=self._new_loop) as runner:
+            runner.run(self._main())
+
+    def _new_loop(self) -> asyncio.AbstractEventLoop:
+        """A selector event loop on the model's selector (an instrumented one under --trace)."""
+        return asyncio.SelectorEventLoop(self.calls.new_selector())
+
+    def wake(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(self._on_stop_request)
+
+    def _on_stop_request(self) -> None:
+        assert self._stop_requested is not None
+        self._stop_requested.set()
+        if not self.graceful:
+            self._abort_all()
+
+    def _abort_all(self) -> None:
+        for protocol in list(self._protocols):
+            if protocol.transport is not None:
+                protocol.transport.abort()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        if self.stopping:  # asked to stop before the loop existed
+            self._stop_requested.set()
+        servers = [
+            await self._loop.create_server(lambda: EchoProtocol(self), sock=listener)
+            for listener in self.listeners
+        ]
+        sweeper = asyncio.create_task(self._sweep_idle())
+        try:
+            await self._stop_requested.wait()
+        finally:
+            for server in servers:
+                server.close()  # stop accepting; open connections go on for the drain
+            self.listeners = []
+            await self._drain()
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _drain(self) -> None:
+        assert self._all_closed is not None
+        if self._protocols and self.graceful:
+            self._all_closed.clear()
+            remaining = max(0.0, self.drain_deadline() - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), remaining)
+        self._abort_all()
+        await asyncio.sleep(0)  # run the connection_lost callbacks the aborts scheduled
+
+    async def _sweep_idle(self) -> None:
+        interval = sweep_interval(self.config.idle_timeout)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for protocol, session in list(self._protocols.items()):
+                if session.is_idle(now) and protocol.transport is not None:
+                    self._idle_closed.add(protocol)
+                    protocol.transport.abort()

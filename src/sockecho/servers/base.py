@@ -1,0 +1,489 @@
+"""What every server model has in common: the surface, the bookkeeping, the stop signal.
+
+A model subclasses :class:`EchoServer` and writes two methods:
+
+* ``serve()`` - wait for work and move bytes until :meth:`EchoServer.request_stop`
+  is called, then close every socket it opened and return;
+* ``wake()`` - make a blocked ``serve()`` look at ``self.stopping`` (thread-safe).
+
+Everything else (binding, admission limits, counters, the open/close log lines,
+classifying per-connection errors) is here or in :mod:`sockecho.core`, so a
+model module reads as just its design.
+
+Stopping: ``request_stop()`` sets ``stopping``; the model closes its listeners at
+once (no new clients) and gives open connections up to ``drain_timeout`` seconds
+to finish their echoes, then closes the rest. A second ``request_stop()`` or
+``graceful=False`` skips the drain.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import errno
+import logging
+import select
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sockecho import net
+from sockecho.config import ServerConfig
+from sockecho.core import ConnectionGate, EchoSession, RateLimitedNotice, ServerStats
+
+#: accept() errors that mean "out of a resource", not "this client is bad": the listener
+#: stays, the model backs off for ACCEPT_BACKOFF seconds and tries again (as trio, asyncio
+#: and nginx do), instead of spinning on a readable listener it cannot serve.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Seconds to pause accepting after a capacity error.
+ACCEPT_BACKOFF = 0.1
+#: Errors that end one connection in the ordinary course of things (peer reset or vanished).
+PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+log = logging.getLogger("sockecho.server")
+
+
+@dataclass(frozen=True, slots=True)
+class SocketCalls:
+    """The system-call entry points every model goes through.
+
+    The defaults are the standard library's own; ``--trace`` swaps in
+    instrumented ones that narrate each call as it happens. Models never name
+    ``socket.socket``, ``select.select`` or ``selectors.DefaultSelector``
+    directly, so tracing costs nothing when it is off.
+    """
+
+    socket_class: type[socket.socket] = socket.socket
+    select: Callable[
+        [list[socket.socket], list[socket.socket], list[socket.socket], float | None],
+        tuple[list[socket.socket], list[socket.socket], list[socket.socket]],
+    ] = select.select
+    new_selector: Callable[[], selectors.BaseSelector] = selectors.DefaultSelector
+
+
+class Waker:
+    """A socketpair that wakes a thread blocked in select()/accept() from another thread."""
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        # Full of wake-ups already, or closed during shutdown: either way it is awake.
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        try:
+            while self.reader.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
+
+
+class EchoServer(abc.ABC):
+    """Base of the five models: same constructor, same surface, same counters."""
+
+    #: The name used by ``--model`` and the registry.
+    name: ClassVar[str]
+    #: One line for ``sockecho models`` and the docs.
+    summary: ClassVar[str]
+    #: Hard ceiling on concurrent connections this design can hold (None: only memory).
+    connection_ceiling: ClassVar[int | None] = None
+
+    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
+        self.config = config
+        self.calls = calls or SocketCalls()
+        self.stats = ServerStats()
+        self.gate = ConnectionGate(
+            config.connection_limit(self.connection_ceiling), config.max_per_source
+        )
+        self.listeners: list[socket.socket] = []
+        self.stopping = False
+        self.graceful = True
+        self._rejections = RateLimitedNotice()
+        self._capacity_notice = RateLimitedNotice()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> list[str]:
+        """Bind and listen on every address of the configured host; return the endpoint URLs."""
+        self.listeners = net.open_listeners(
+            self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
+        )
+        return [net.endpoint_url("tcp", sock) for sock in self.listeners]
+
+    @abc.abstractmethod
+    def serve(self) -> None:
+        """Serve until :meth:`request_stop`; close every socket before returning."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Make a blocked :meth:`serve` notice ``stopping`` (called from any thread)."""
+
+    def request_stop(self, graceful: bool = True) -> None:
+        """Stop accepting and finish (graceful) or drop open connections. Thread-safe."""
+        if self.stopping:
+            graceful = False  # asked twice: do not wait any longer
+        self.graceful = self.graceful and graceful
+        self.stopping = True
+        self.wake()
+
+    def close_listeners(self) -> None:
+        """Stop accepting: close every listening socket (new clients are refused by the kernel)."""
+        for sock in self.listeners:
+            sock.close()
+        self.listeners = []
+
+    def drain_deadline(self) -> float:
+        """Monotonic time by which open connections must be closed after a stop."""
+        return time.monotonic() + (self.config.drain_timeout if self.graceful else 0.0)
+
+    # -- per-connection bookkeeping --------------------------------------------------------
+
+    def admit(self, addr: net.SockAddr) -> EchoSession | None:
+        """Decide about a freshly accepted client at ``addr``: a session to serve, or None
+        when a limit is reached or the server is stopping (then close the socket at once)."""
+        source = net.source_of(addr)
+        if self.stopping or not self.gate.admit(source):
+            self.stats.rejected()
+            folded = self._rejections.note()
+            if folded:
+                log.warning(
+                    "rejected %d connection(s): limit reached (%d connections, %s per source)",
+                    folded,
+                    self.gate.max_connections,
+                    self.gate.max_per_source or "no limit",
+                )
+            return None
+        session = EchoSession(self.config, net.format_sockaddr(addr), source)
+        self.stats.opened()
+        log.info("open %s", session.peer)
+        return session
+
+    def admit_socket(self, conn: socket.socket, addr: net.SockAddr) -> EchoSession | None:
+        """:meth:`admit` for a socket the model accepted itself; closes it when refused."""
+        session = self.admit(addr)
+        if session is None:
+            conn.close()
+        else:
+            net.set_nodelay(conn)
+        return session
+
+    def release(
+        self, session: EchoSession, error: BaseException | None = None, *, idle: bool = False
+    ) -> None:
+        """Account for a connection the model has just closed."""
+        if session.state.name == "CLOSED":
+            return
+        session.close()
+        self.gate.release(session.source)
+        unexpected = error is not None and not isinstance(error, PEER_GONE)
+        self.stats.closed(session, error=error is not None, idle=idle)
+        why = " (idle timeout)" if idle else ""
+        if error is not None:
+            why = f" ({describe_error(error)})"
+        log.log(
+            logging.WARNING if unexpected else logging.INFO,
+            "close %s: echoed %d bytes in %.3f s%s",
+            session.peer,
+            session.bytes_sent,
+            session.duration(),
+            why,
+        )
+
+    def accept_failed(self, exc: OSError) -> bool:
+        """Handle an accept() error. True: a capacity error, back off before accepting again."""
+        if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+            folded = self._capacity_notice.note()
+            if folded:
+                log.warning(
+                    "accept failed %d time(s): %s; pausing accept for %.1f s",
+                    folded,
+                    describe_error(exc),
+                    ACCEPT_BACKOFF,
+                )
+            return True
+        # ECONNABORTED and friends: that client gave up between SYN and accept(); next.
+        log.debug("accept: %s", describe_error(exc))
+        return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """``ConnectionResetError [ECONNRESET]``-style text for logs and traces."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__} [{errno.errorcode.get(exc.errno, exc.errno)}]"
+    return type(exc).__name__
+
+
+class BlockingModel(EchoServer):
+    """Shared plumbing of the blocking models (``iterative``, ``threading``).
+
+    They wait for a client with ``select`` over the listening sockets and a
+    :class:`Waker` (so a stop request and several listening addresses work),
+    then call the blocking ``accept()``. Open connection sockets are tracked so
+    that a stop can shut down the ones still open when the drain time is over,
+    which wakes whatever thread is blocked in their ``recv()``.
+    """
+
+    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
+        super().__init__(config, calls)
+        self._waker = Waker()
+        self._open: set[socket.socket] = set()
+        self._open_changed = threading.Condition()
+        self._expiry: threading.Timer | None = None
+
+    def wake(self) -> None:
+        self._waker.wake()
+        deadline = self.drain_deadline()
+        with self._open_changed:
+            if self._expiry is not None:
+                self._expiry.cancel()
+            self._expiry = threading.Timer(
+                max(0.0, deadline - time.monotonic()), self._shutdown_open
+            )
+            self._expiry.daemon = True
+            self._expiry.start()
+
+    def _shutdown_open(self) -> None:
+        with self._open_changed:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
+
+    def next_client(self) -> tuple[socket.socket, net.SockAddr] | None:
+        """Wait for a connection and accept it; None when stopping (or nothing to accept)."""
+        with self.calls.new_selector() as waiting:
+            for sock in self.listeners:
+                sock.setblocking(False)
+                waiting.register(sock, selectors.EVENT_READ)
+            waiting.register(self._waker.reader, selectors.EVENT_READ)
+            while not self.stopping:
+                for key, _events in waiting.select():
+                    if key.fileobj is self._waker.reader:
+                        self._waker.drain()
+                        continue
+                    listener = key.fileobj
+                    assert isinstance(listener, socket.socket)
+                    try:
+                        conn, addr = listener.accept()
+                    except BlockingIOError:
+                        continue  # another waiter took it, or the client already left
+                    except OSError as exc:
+                        if self.accept_failed(exc):
+                            waiting.select(ACCEPT_BACKOFF)  # back off, but still hear a stop
+                        continue
+                    conn.setblocking(True)
+                    return conn, addr
+        return None
+
+    def track(self, conn: socket.socket) -> None:
+        with self._open_changed:
+            self._open.add(conn)
+            if self.stopping and self._expiry is None:
+                self._shutdown_open()
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._open_changed:
+            self._open.discard(conn)
+            self._open_changed.notify_all()
+
+    def wait_closed(self) -> None:
+        """After the accept loop ended: wait for open connections (the drain), then clean up."""
+        self.close_listeners()
+        with self._open_changed:
+            self._open_changed.wait_for(lambda: not self._open)
+            if self._expiry is not None:
+                self._expiry.cancel()
+        self._waker.close()
+
+    def echo_until_closed(self, conn: socket.socket, session: EchoSession) -> None:
+        """The blocking echo loop of exercise 1: recv, sendall, until the peer is done.
+
+        ``sendall`` blocks while the client does not read: that is this design's
+        back-pressure, and it holds at most one ``read_size`` buffer per client.
+        """
+        error: BaseException | None = None
+        idle = False
+        self.track(conn)
+        try:
+            conn.settimeout(self.config.idle_timeout or None)
+            while True:
+                data = conn.recv(self.config.read_size)
+                if not data:  # b'': the client shut down its sending side (or closed)
+                    break
+                conn.sendall(data)
+                session.echoed(len(data))
+        except TimeoutError:
+            idle = True
+        except OSError as exc:  # reset, broken pipe, shut down by a stop: this client only
+            error = exc
+        finally:
+            self.untrack(conn)
+            conn.close()
+            self.release(session, error, idle=idle)
+
+
+#: Seconds between idle sweeps of the event-loop models (idle closes are this late at most).
+IDLE_SWEEP_INTERVAL = 1.0
+
+
+def sweep_interval(idle_timeout: float) -> float:
+    """How often an event loop checks for idle connections (seconds)."""
+    return min(IDLE_SWEEP_INTERVAL, idle_timeout / 4) if idle_timeout else IDLE_SWEEP_INTERVAL
+
+
+class NonBlockingModel(EchoServer):
+    """Shared byte-moving steps of the readiness models (``select``, ``selectors``).
+
+    Sockets are non-blocking: ``recv()`` and ``send()`` never wait, they raise
+    ``BlockingIOError`` instead. The loop asks the kernel which sockets are ready
+    and calls :meth:`on_readable` / :meth:`on_writable`; the session decides what
+    is pending and whether to keep reading.
+    """
+
+    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
+        super().__init__(config, calls)
+        self._waker = Waker()
+        self.sessions: dict[socket.socket, EchoSession] = {}
+        #: monotonic time before which listeners are not watched (after EMFILE and friends)
+        self.accept_paused_until = 0.0
+
+    def wake(self) -> None:
+        self._waker.wake()
+
+    def accept_ready(self, listener: socket.socket) -> bool:
+        """Accept every waiting client; False when out of descriptors (then back off:
+        do not watch the listeners until ``accept_paused_until``)."""
+        while True:
+            try:
+                conn, addr = listener.accept()
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                if self.accept_failed(exc):
+                    self.accept_paused_until = time.monotonic() + ACCEPT_BACKOFF
+                    return False
+                continue
+            if not self.can_watch(conn):
+                conn.close()
+                continue
+            session = self.admit_socket(conn, addr)
+            if session is not None:
+                conn.setblocking(False)
+                self.sessions[conn] = session
+                self.watch(conn, session)
+
+    def can_watch(self, conn: socket.socket) -> bool:
+        """Whether this loop can wait on ``conn`` (the select model says no at FD_SETSIZE)."""
+        return True
+
+    def watch(self, conn: socket.socket, session: EchoSession) -> None:
+        """Start (or update) waiting on ``conn`` for what ``session`` wants. Default: nothing."""
+
+    def forget(self, conn: socket.socket) -> None:
+        """Stop waiting on connection ``conn`` (before it is closed). Default: nothing."""
+
+    def accepting(self) -> bool:
+        """Whether to watch the listeners now (not while backing off from EMFILE)."""
+        if self.accept_paused_until and time.monotonic() >= self.accept_paused_until:
+            self.accept_paused_until = 0.0
+        return not self.accept_paused_until and not self.stopping
+
+    def on_readable(self, conn: socket.socket, session: EchoSession) -> None:
+        """recv() once, hand the bytes to the session, then try to echo them at once."""
+        try:
+            data = conn.recv(self.config.read_size)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.drop(conn, session, exc)
+            return
+        if data:
+            session.data_received(data)
+        else:  # b'': the client shut down its sending side
+            session.eof_received()
+        self.on_writable(conn, session)
+
+    def on_writable(self, conn: socket.socket, session: EchoSession) -> None:
+        """send() pending echo until the kernel's buffer is full; a partial send keeps the rest."""
+        try:
+            while session.wants_write:
+                sent = conn.send(session.data_to_send())
+                session.data_sent(sent)
+        except BlockingIOError:
+            pass  # the client is not reading fast enough: wait until writable again
+        except OSError as exc:
+            self.drop(conn, session, exc)
+            return
+        if session.finished:
+            self.drop(conn, session)
+        else:
+            self.watch(conn, session)
+
+    def drop(
+        self,
+        conn: socket.socket,
+        session: EchoSession,
+        error: BaseException | None = None,
+        *,
+        idle: bool = False,
+    ) -> None:
+        """Close one connection and account for it."""
+        self.forget(conn)
+        del self.sessions[conn]
+        conn.close()
+        self.release(session, error, idle=idle)
+
+    def stop_accepting(self) -> None:
+        """Close the listeners (a stop): the model unregisters them first if it must."""
+        self.close_listeners()
+
+    def sweep_idle(self) -> None:
+        now = time.monotonic()
+        for conn, session in list(self.sessions.items()):
+            if session.is_idle(now):
+                self.drop(conn, session, idle=True)
+
+    def next_timeout(self, next_sweep: float, drain_until: float | None) -> float:
+        """Seconds the readiness wait may block: until the next sweep or the drain deadline."""
+        until = next_sweep if drain_until is None else min(next_sweep, drain_until)
+        if self.accept_paused_until:
+            until = min(until, self.accept_paused_until)
+        return max(0.0, until - time.monotonic())
+
+    def run_loop(self, wait_once: Callable[[float], None]) -> None:
+        """The loop both readiness models share: wait, dispatch, sweep, stop when asked.
+
+        ``wait_once(timeout)`` is the model's own readiness wait and dispatch.
+        """
+        interval = sweep_interval(self.config.idle_timeout)
+        next_sweep = time.monotonic() + interval
+        drain_until: float | None = None
+        try:
+            while True:
+                if self.stopping and drain_until is None:
+                    drain_until = self.drain_deadline()
+                    self.stop_accepting()
+                if drain_until is not None and (
+                    not self.sessions or time.monotonic() >= drain_until or not self.graceful
+                ):
+                    break
+                wait_once(self.next_timeout(next_sweep, drain_until))
+                if time.monotonic() >= next_sweep:
+                    self.sweep_idle()
+                    next_sweep = time.monotonic() + interval
+        finally:
+            for conn, session in list(self.sessions.items()):
+                self.drop(conn, session)
+            self.close_listeners()
+            self._waker.close()

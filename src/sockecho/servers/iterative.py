@@ -1,0 +1,48 @@
+"""``iterative``: one client at a time - the course's first exercise, done right.
+
+How it waits
+    The thread blocks until a client arrives, accepts it, and serves only that
+    client - ``recv()`` blocks until bytes arrive, ``sendall()`` until they are
+    all handed to the kernel - until the client closes. Then it accepts the next.
+
+What it costs
+    Nothing per waiting client but a slot in the kernel's listen backlog
+    (``--backlog``, 128): no thread, no buffer. One ``read_size`` buffer in all.
+
+Where it breaks
+    A second client connects at once (the kernel completes the handshake and
+    queues it), and its bytes are buffered by the kernel, but it gets no echo
+    until every client before it has closed. One idle client stalls everyone
+    (until ``--idle-timeout``). When the backlog is full, new clients' SYNs are
+    dropped and they wait in connect(). Nothing is lost: clients are served in
+    the order they connected.
+
+Lifecycle::
+
+    socket() → bind() → listen() → ┌─> accept() ──> recv() ─> sendall() ─┐
+                                    │                 ^                    │ until recv() == b''
+                                    │                 └────────────────────┘
+                                    └───────────────── close(client) <─────┘
+"""
+
+from __future__ import annotations
+
+from sockecho.servers.base import BlockingModel
+
+
+class IterativeServer(BlockingModel):
+    name = "iterative"
+    summary = "one client at a time: blocking accept(), serve it until it closes, then the next"
+
+    def serve(self) -> None:
+        try:
+            while not self.stopping:
+                accepted = self.next_client()  # blocks until a client connects
+                if accepted is None:
+                    break
+                conn, addr = accepted
+                session = self.admit_socket(conn, addr)
+                if session is not None:
+                    self.echo_until_closed(conn, session)  # everyone else waits meanwhile
+        finally:
+            self.wait_closed()

@@ -1,0 +1,81 @@
+"""``select``: one thread, ``select.select()`` over non-blocking sockets - exercise 2, done right.
+
+How it waits
+    One call, ``select(readers, writers, [], timeout)``, blocks until any socket
+    is ready: a listening socket with a client to accept, a client with bytes to
+    read, or a client that can take more of its pending echo. Every socket is
+    non-blocking, so handling one ready socket never stalls the others.
+
+What it costs
+    One thread and a few hundred bytes per connection. But every call passes the
+    whole list of descriptors to the kernel and back: the cost of one wait grows
+    with the number of connections, not with the number that are ready.
+
+Where it breaks
+    ``select()`` uses a fixed-size bitmap of ``FD_SETSIZE`` (1024) descriptors:
+    a descriptor numbered 1024 or more cannot be watched at all (C code writing
+    past the bitmap corrupts memory; Python raises ValueError). This model
+    therefore refuses such connections with a log line, and its
+    ``--max-connections`` ceiling is 1000. Use ``selectors`` (epoll) beyond that.
+
+Partial writes
+    ``send()`` on a non-blocking socket may take only part of the buffer (the
+    client is slow to read). The rest stays in the session's pending echo, the
+    socket goes on the *writers* list, and reading from that client pauses above
+    the high-water mark so a client that never reads cannot grow the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from sockecho.config import SELECT_MAX_CONNECTIONS
+from sockecho.servers.base import NonBlockingModel
+
+log = logging.getLogger("sockecho.server")
+
+#: select.select() cannot watch descriptors numbered at or above this (glibc's FD_SETSIZE).
+FD_SETSIZE = 1024
+
+
+class SelectServer(NonBlockingModel):
+    name = "select"
+    summary = "one thread, select.select() over non-blocking sockets (at most 1000 clients)"
+    connection_ceiling = SELECT_MAX_CONNECTIONS
+
+    def serve(self) -> None:
+        for listener in self.listeners:
+            listener.setblocking(False)
+        self.run_loop(self._wait_once)
+
+    def can_watch(self, conn: socket.socket) -> bool:
+        if conn.fileno() < FD_SETSIZE:
+            return True
+        log.warning(
+            "refused a connection on descriptor %d: select() cannot watch descriptors >= %d "
+            "(FD_SETSIZE); use --model selectors for more clients",
+            conn.fileno(),
+            FD_SETSIZE,
+        )
+        self.stats.rejected()
+        return False
+
+    def _wait_once(self, timeout: float) -> None:
+        readers = (
+            [*self.listeners, self._waker.reader] if self.accepting() else [self._waker.reader]
+        )
+        readers += [conn for conn, session in self.sessions.items() if session.wants_read]
+        writers = [conn for conn, session in self.sessions.items() if session.wants_write]
+        readable, writable, _ = self.calls.select(readers, writers, [], timeout)
+        for sock in readable:
+            if sock is self._waker.reader:
+                self._waker.drain()
+            elif sock in self.sessions:
+                self.on_readable(sock, self.sessions[sock])
+            elif sock in self.listeners:
+                self.accept_ready(sock)
+        for sock in writable:
+            session = self.sessions.get(sock)  # it may have been closed a moment ago
+            if session is not None:
+                self.on_writable(sock, session)

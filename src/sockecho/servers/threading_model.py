@@ -1,0 +1,70 @@
+"""``threading``: one thread per connection - the course's second exercise with threads.
+
+How it waits
+    The main thread blocks in ``accept()``; every client gets its own thread,
+    which blocks in ``recv()``/``sendall()`` exactly as in the iterative model.
+    The kernel wakes whichever thread has work.
+
+What it costs
+    One thread per connection: a stack (we ask for 256 KiB instead of the 8 MiB
+    default, so ten thousand fit in memory: only touched pages count against RSS),
+    a kernel task, and a context switch per echo. The GIL lets one thread run
+    Python at a time, so more cores do not help.
+
+Where it breaks
+    Thousands of threads: creation cost, scheduler load, and memory (about
+    20 KiB RSS each). ``--max-connections`` bounds them; past it new clients are
+    closed at once.
+
+Lifecycle::
+
+    main thread:    socket() → bind() → listen() → accept() ─┬─> accept() ─> ...
+                                                             │
+    client thread:                        recv() ⇄ sendall() ┘ ... close()
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from sockecho.core import EchoSession
+from sockecho.servers.base import BlockingModel
+
+#: Bytes of stack per connection thread; echo needs a few KiB, so 256 KiB is ample.
+THREAD_STACK_SIZE = 256 * 1024
+
+
+class ThreadingServer(BlockingModel):
+    name = "threading"
+    summary = "a thread per connection, each blocking in recv()/sendall()"
+
+    def serve(self) -> None:
+        previous = threading.stack_size(THREAD_STACK_SIZE)
+        try:
+            while not self.stopping:
+                accepted = self.next_client()
+                if accepted is None:
+                    break
+                conn, addr = accepted
+                session = self.admit_socket(conn, addr)
+                if session is not None:
+                    self._start_thread(conn, session)
+        finally:
+            threading.stack_size(previous)
+            self.wait_closed()  # every client thread untracks its socket as it ends
+
+    def _start_thread(self, conn: socket.socket, session: EchoSession) -> None:
+        worker = threading.Thread(
+            target=self.echo_until_closed,
+            args=(conn, session),
+            name=f"sockecho-{session.peer}",
+            daemon=True,  # a stuck client must never keep the process alive
+        )
+        self.track(conn)  # before start(): a stop now must see this connection
+        try:
+            worker.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            self.untrack(conn)
+            conn.close()
+            self.release(session, exc)

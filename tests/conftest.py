@@ -1,0 +1,165 @@
+"""Shared fixtures: every test talks to a real server over real sockets on loopback, port 0."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sockecho import MODELS, Server, ServerConfig
+
+ALL_MODELS = list(MODELS)
+#: The models that serve clients at the same time (all but iterative, by design).
+CONCURRENT_MODELS = [name for name in ALL_MODELS if name != "iterative"]
+#: Every wait in a test has a bound; a loaded CI machine gets generous ones.
+WAIT = 20.0
+
+
+@pytest.fixture(params=ALL_MODELS)
+def model(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def server(model: str) -> Iterator[Server]:
+    with Server(ServerConfig(model=model, port=0, drain_timeout=1.0)) as srv:
+        yield srv
+
+
+def connect(address: tuple[str, int], timeout: float = WAIT) -> socket.socket:
+    sock = socket.create_connection(address, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(65536, size - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def recv_until_eof(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def require_tool(name: str) -> str:
+    """The path of an external peer; in CI a missing one fails the test instead of skipping it."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run must install it")
+        pytest.skip(f"{name} is not installed (make test installs it as root)")
+    return path
+
+
+class ServeProcess:
+    """``sockecho serve`` in a child process; ready when its ready lines were read."""
+
+    def __init__(self, *args: str, ready_lines: int = 1) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sockecho", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.endpoints: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._lines_ready = threading.Condition()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        with self._lines_ready:
+            self._lines_ready.wait_for(
+                lambda: len(self.endpoints) >= ready_lines or self.proc.poll() is not None,
+                timeout=WAIT,
+            )
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._lines_ready:
+                self.stderr_lines.append(line.rstrip("\n"))
+                if line.startswith("listening on "):
+                    self.endpoints.append(line.split(" ", 2)[2].strip())
+                self._lines_ready.notify_all()
+
+    def wait_for_line(self, fragment: str, timeout: float = WAIT) -> bool:
+        with self._lines_ready:
+            return self._lines_ready.wait_for(
+                lambda: any(fragment in line for line in self.stderr_lines), timeout
+            )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.endpoints, f"no ready line; stderr: {self.stderr_lines}"
+        hostport = self.endpoints[0].split("://", 1)[1]
+        host, _, port = hostport.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def stop(self, signum: int, timeout: float = WAIT) -> int:
+        self.proc.send_signal(signum)
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        self._reader.join(WAIT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def run_cli(
+    *args: str, stdin: bytes = b"", timeout: float = WAIT
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "sockecho", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def serve_process() -> Iterator[type[ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    class Tracked(ServeProcess):
+        def __init__(self, *args: str, ready_lines: int = 1) -> None:
+            super().__init__(*args, ready_lines=ready_lines)
+            started.append(self)
+
+    yield Tracked
+    for proc in started:
+        proc.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
