@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -20,6 +21,15 @@ ALL_MODELS = list(MODELS)
 CONCURRENT_MODELS = [name for name in ALL_MODELS if name != "iterative"]
 #: Every wait in a test has a bound; a loaded CI machine gets generous ones.
 WAIT = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """cli.main() points the sockecho logger at the current stderr; undo it after each test."""
+    logger = logging.getLogger("sockecho")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(params=ALL_MODELS)

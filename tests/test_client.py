@@ -1,0 +1,99 @@
+"""The client library against real servers, including ones that misbehave on purpose."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from sockecho import EchoMismatch, Server, client
+from sockecho.errors import ConnectError, EchoTimeout
+
+
+@pytest.fixture
+def misbehaving_server() -> Iterator[Callable[[Callable[[bytes], bytes]], tuple[str, int]]]:
+    """A one-connection server that replies with ``transform(received)`` then closes."""
+    listeners: list[socket.socket] = []
+    threads: list[threading.Thread] = []
+
+    def start(transform: Callable[[bytes], bytes]) -> tuple[str, int]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                data = conn.recv(65536)
+                conn.sendall(transform(data))
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        threads.append(thread)
+        host, port = listener.getsockname()[:2]
+        return host, port
+
+    yield start
+    for listener in listeners:
+        listener.close()
+    for thread in threads:
+        thread.join(10)
+
+
+def test_echo_returns_the_identical_reply(server: Server) -> None:
+    assert client.echo(b"hola\n", *server.address) == b"hola\n"
+
+
+def test_echo_reports_a_corrupted_reply(misbehaving_server: Callable[..., tuple[str, int]]) -> None:
+    address = misbehaving_server(lambda data: data.upper())
+    with pytest.raises(EchoMismatch, match="differs from what was sent at byte 0"):
+        client.echo(b"hola\n", *address)
+
+
+def test_echo_reports_a_short_reply(misbehaving_server: Callable[..., tuple[str, int]]) -> None:
+    address = misbehaving_server(lambda data: data[:2])
+    with pytest.raises(EchoMismatch, match="short: 2 of 5 bytes"):
+        client.echo(b"hola\n", *address)
+
+
+def test_echo_times_out_on_a_silent_server() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as silent,  # listens, never answers
+        pytest.raises(EchoTimeout),
+    ):
+        client.echo(b"hola\n", *silent.getsockname()[:2], timeout=0.2)
+
+
+def test_connect_refused_names_the_address() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        with pytest.raises(ConnectError, match=f"connection refused by 127.0.0.1:{port}"):
+            client.connect("127.0.0.1", port)
+
+
+def test_stream_pipes_a_large_input_without_deadlock(server: Server) -> None:
+    payload = os.urandom(8 * 1024 * 1024)
+    sink = io.BytesIO()
+    result = client.stream(io.BytesIO(payload), sink, *server.address)
+    assert sink.getvalue() == payload
+    assert result.bytes_sent == result.bytes_received == len(payload)
+    assert result.intact
+
+
+def test_stream_reports_a_short_echo(misbehaving_server: Callable[..., tuple[str, int]]) -> None:
+    address = misbehaving_server(lambda data: data[:3])
+    with pytest.raises(EchoMismatch, match=r"short|connection failed"):
+        client.stream(io.BytesIO(b"hola mundo"), io.BytesIO(), *address)
+
+
+def test_stream_reports_a_different_echo(
+    misbehaving_server: Callable[..., tuple[str, int]],
+) -> None:
+    address = misbehaving_server(lambda data: data[::-1])
+    with pytest.raises(EchoMismatch, match="differs"):
+        client.stream(io.BytesIO(b"hola mundo"), io.BytesIO(), *address)
