@@ -5,6 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 # Debian packages the interop tests talk to (real third-party peers).
 TEST_DEBS = socat ncat
+LINT_DIRS = $(wildcard src tests benchmarks examples)
 
 .PHONY: run test lint typecheck unit test-deps bench clean
 
@@ -31,8 +32,8 @@ test-deps: $(STAMP)
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
