@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
+
+    from sockecho import bench, ping  # noqa: PLC0415 (they import this module's helpers)
+
+    bench.add_parser(commands)
+    ping.add_parser(commands)
     return parser
 
 
