@@ -12,10 +12,12 @@ import argparse
 import enum
 import logging
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sockecho import __version__, client
 from sockecho.config import (
@@ -29,6 +31,9 @@ from sockecho.config import (
 from sockecho.errors import ConfigError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+
+if TYPE_CHECKING:
+    from sockecho.trace import Tracer
 
 
 class ExitCode(enum.IntEnum):
@@ -155,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, let open connections finish for this long "
         f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
+    add_trace_argument(serve)
     add_verbosity_arguments(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
@@ -179,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up connecting, or waiting for an outstanding echo, after this long "
         f"(default: {client.DEFAULT_TIMEOUT:g}; 0 waits forever)",
     )
+    add_trace_argument(send)
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
     return parser
@@ -194,6 +201,23 @@ def add_address_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORT,
         help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)",
     )
+
+
+def add_trace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="narrate every socket call (arguments, result, errno) on stderr",
+    )
+
+
+def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
+    """The stderr tracer when ``--trace`` was given (the trace module loads only then)."""
+    if not getattr(args, "trace", False):
+        return None
+    from sockecho.trace import Tracer  # noqa: PLC0415 - rich loads only for --trace
+
+    return Tracer(role, sys.stderr)
 
 
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +252,8 @@ def run_serve(args: argparse.Namespace) -> int:
             max_per_source=args.max_per_source,
             drain_timeout=args.drain_timeout,
         )
-        server = Server(config)
+        tracer = tracer_for(args, "server")
+        server = Server(config, calls=tracer.socket_calls() if tracer else None)
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
@@ -253,13 +278,22 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_send(args: argparse.Namespace) -> int:
     timeout = args.timeout or None
+    tracer = tracer_for(args, "client")
+    socket_class = tracer.socket_class() if tracer else socket.socket
     if args.message:
         message = (" ".join(args.message) + "\n").encode()
-        reply = client.echo(message, args.host, args.port, timeout)
+        reply = client.echo(message, args.host, args.port, timeout, socket_class=socket_class)
         sys.stdout.buffer.write(reply)
         sys.stdout.buffer.flush()
     else:
-        client.stream(sys.stdin.buffer, sys.stdout.buffer, args.host, args.port, timeout)
+        client.stream(
+            sys.stdin.buffer,
+            sys.stdout.buffer,
+            args.host,
+            args.port,
+            timeout,
+            socket_class=socket_class,
+        )
     return ExitCode.OK
 
 
