@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import signal
 import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from sockecho import cli, net
-from tests.conftest import ServeProcess, connect, recv_exactly, run_cli
+from tests.conftest import WAIT, ServeProcess, connect, recv_exactly, run_cli
 
 
 def test_version_prints_the_package_version() -> None:
@@ -167,3 +171,42 @@ def test_main_returns_exit_codes_without_exiting(capsys: pytest.CaptureFixture[s
         code = cli.main(["send", "--port", str(probe.getsockname()[1]), "x"])
     assert code == cli.ExitCode.FAILURE
     assert "connection refused" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["asyncio", "threading"])
+def test_send_streams_hundreds_of_mib_without_deadlock(
+    model: str, serve_process: type[ServeProcess]
+) -> None:
+    srv = serve_process("--model", model, "--port", "0", "-q")
+    block, repeats = os.urandom(1024 * 1024), 200  # 200 MiB, more than any socket buffer
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockecho", "send", "--port", str(srv.address[1])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        for _ in range(repeats):
+            proc.stdin.write(block)
+        proc.stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    echoed, expected = hashlib.sha256(), hashlib.sha256()
+    for _ in range(repeats):
+        expected.update(block)
+    received = 0
+    while chunk := proc.stdout.read(1024 * 1024):
+        echoed.update(chunk)
+        received += len(chunk)
+    feeder.join(WAIT)
+    assert proc.wait(WAIT) == 0, proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert received == len(block) * repeats
+    assert echoed.digest() == expected.digest()

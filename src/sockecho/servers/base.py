@@ -241,6 +241,7 @@ class BlockingModel(EchoServer):
         self._open: set[socket.socket] = set()
         self._open_changed = threading.Condition()
         self._expiry: threading.Timer | None = None
+        self._waiting: selectors.BaseSelector | None = None
 
     def wake(self) -> None:
         self._waker.wake()
@@ -261,29 +262,30 @@ class BlockingModel(EchoServer):
                     conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
 
     def next_client(self) -> tuple[socket.socket, net.SockAddr] | None:
-        """Wait for a connection and accept it; None when stopping (or nothing to accept)."""
-        with self.calls.new_selector() as waiting:
+        """Wait for a connection and accept it; None when stopping."""
+        if self._waiting is None:  # one selector for the server's life, not one per client
+            self._waiting = self.calls.new_selector()
             for sock in self.listeners:
                 sock.setblocking(False)
-                waiting.register(sock, selectors.EVENT_READ)
-            waiting.register(self._waker.reader, selectors.EVENT_READ)
-            while not self.stopping:
-                for key, _events in waiting.select():
-                    if key.fileobj is self._waker.reader:
-                        self._waker.drain()
-                        continue
-                    listener = key.fileobj
-                    assert isinstance(listener, socket.socket)
-                    try:
-                        conn, addr = listener.accept()
-                    except BlockingIOError:
-                        continue  # another waiter took it, or the client already left
-                    except OSError as exc:
-                        if self.accept_failed(exc):
-                            waiting.select(ACCEPT_BACKOFF)  # back off, but still hear a stop
-                        continue
-                    conn.setblocking(True)
-                    return conn, addr
+                self._waiting.register(sock, selectors.EVENT_READ)
+            self._waiting.register(self._waker.reader, selectors.EVENT_READ)
+        while not self.stopping:
+            for key, _events in self._waiting.select():
+                if key.fileobj is self._waker.reader:
+                    self._waker.drain()
+                    continue
+                listener = key.fileobj
+                assert isinstance(listener, socket.socket)
+                try:
+                    conn, addr = listener.accept()
+                except BlockingIOError:
+                    continue  # the client already left
+                except OSError as exc:
+                    if self.accept_failed(exc):
+                        self._waiting.select(ACCEPT_BACKOFF)  # back off, but still hear a stop
+                    continue
+                conn.setblocking(True)
+                return conn, addr
         return None
 
     def track(self, conn: socket.socket) -> None:
@@ -299,6 +301,8 @@ class BlockingModel(EchoServer):
 
     def wait_closed(self) -> None:
         """After the accept loop ended: wait for open connections (the drain), then clean up."""
+        if self._waiting is not None:
+            self._waiting.close()
         self.close_listeners()
         with self._open_changed:
             self._open_changed.wait_for(lambda: not self._open)
