@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import inspect
 import logging
 import signal
 import socket
@@ -188,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_argument(send)
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
+
+    models = commands.add_parser(
+        "models",
+        help="list the server models and where their source lives",
+        description="The server designs, in teaching order, each with the file to read it in.",
+    )
+    models.set_defaults(run=run_models, parser=models)
     return parser
 
 
@@ -264,7 +272,10 @@ def run_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     for endpoint in server.start():
-        print(READY_LINE.format(endpoint=endpoint), file=sys.stderr, flush=True)
+        # One write, not print()'s two: the serving thread (its log, --trace) writes to
+        # stderr too, and must not land between the line and its newline.
+        sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+        sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
     snapshot = server.snapshot()
@@ -273,6 +284,15 @@ def run_serve(args: argparse.Namespace) -> int:
         snapshot.connections_accepted,
         snapshot.bytes_echoed,
     )
+    return ExitCode.OK
+
+
+def run_models(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in MODELS) + len(" (default)")
+    for name, cls in MODELS.items():
+        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        print(f"{label:<{width}}  {cls.summary}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(cls)}")
     return ExitCode.OK
 
 
