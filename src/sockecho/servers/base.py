@@ -238,11 +238,20 @@ class BlockingModel(EchoServer):
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
         self._waker = Waker()
+        # Created on first use and kept: a selector per accept would need a fresh descriptor
+        # exactly when they may have run out (EMFILE), and would come and go under fd counts.
+        self._waiting: selectors.BaseSelector | None = None
         self._open: set[socket.socket] = set()
         self._open_changed = threading.Condition()
         self._expiry: threading.Timer | None = None
 
     def wake(self) -> None:
+        # Stop accepting at once, even while the serving thread is busy with a client (the
+        # iterative model): on Linux shutdown(SHUT_RD) takes a listening socket out of the
+        # LISTEN state, so new clients are refused instead of queueing in the backlog.
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RD)
         self._waker.wake()
         deadline = self.drain_deadline()
         with self._open_changed:
@@ -262,28 +271,32 @@ class BlockingModel(EchoServer):
 
     def next_client(self) -> tuple[socket.socket, net.SockAddr] | None:
         """Wait for a connection and accept it; None when stopping (or nothing to accept)."""
-        with self.calls.new_selector() as waiting:
+        if self._waiting is None:
+            self._waiting = self.calls.new_selector()
             for sock in self.listeners:
                 sock.setblocking(False)
-                waiting.register(sock, selectors.EVENT_READ)
-            waiting.register(self._waker.reader, selectors.EVENT_READ)
-            while not self.stopping:
-                for key, _events in waiting.select():
-                    if key.fileobj is self._waker.reader:
-                        self._waker.drain()
-                        continue
-                    listener = key.fileobj
-                    assert isinstance(listener, socket.socket)
-                    try:
-                        conn, addr = listener.accept()
-                    except BlockingIOError:
-                        continue  # another waiter took it, or the client already left
-                    except OSError as exc:
-                        if self.accept_failed(exc):
-                            waiting.select(ACCEPT_BACKOFF)  # back off, but still hear a stop
-                        continue
-                    conn.setblocking(True)
-                    return conn, addr
+                self._waiting.register(sock, selectors.EVENT_READ)
+            self._waiting.register(self._waker.reader, selectors.EVENT_READ)
+        while not self.stopping:
+            for key, _events in self._waiting.select():
+                if key.fileobj is self._waker.reader:
+                    self._waker.drain()
+                    continue
+                listener = key.fileobj
+                assert isinstance(listener, socket.socket)
+                try:
+                    conn, addr = listener.accept()
+                except BlockingIOError:
+                    continue  # another waiter took it, or the client already left
+                except OSError as exc:
+                    if self.accept_failed(exc):
+                        # Back off on the waker alone (a stop still interrupts it): the
+                        # listener stays readable while the client waits, so waiting on it
+                        # too would return at once and spin.
+                        self.calls.select([self._waker.reader], [], [], ACCEPT_BACKOFF)
+                    continue
+                conn.setblocking(True)
+                return conn, addr
         return None
 
     def track(self, conn: socket.socket) -> None:
@@ -304,6 +317,8 @@ class BlockingModel(EchoServer):
             self._open_changed.wait_for(lambda: not self._open)
             if self._expiry is not None:
                 self._expiry.cancel()
+        if self._waiting is not None:
+            self._waiting.close()
         self._waker.close()
 
     def echo_until_closed(self, conn: socket.socket, session: EchoSession) -> None:
