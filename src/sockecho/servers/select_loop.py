@@ -31,6 +31,8 @@ import logging
 import socket
 
 from sockecho.config import SELECT_MAX_CONNECTIONS
+from sockecho.core import RateLimitedNotice
+from sockecho.errors import ServerFailed
 from sockecho.servers.base import NonBlockingModel
 
 log = logging.getLogger("sockecho.server")
@@ -45,20 +47,31 @@ class SelectServer(NonBlockingModel):
     connection_ceiling = SELECT_MAX_CONNECTIONS
 
     def serve(self) -> None:
+        for sock in [*self.listeners, self._waker.reader]:
+            if sock.fileno() >= FD_SETSIZE:
+                raise ServerFailed(
+                    f"the select model cannot watch its own descriptor {sock.fileno()} "
+                    f"(select() stops at FD_SETSIZE {FD_SETSIZE})",
+                    "too many files are open in this process; use --model selectors",
+                )
         for listener in self.listeners:
             listener.setblocking(False)
+        self._fd_refusals = RateLimitedNotice()
         self.run_loop(self._wait_once)
 
     def can_watch(self, conn: socket.socket) -> bool:
         if conn.fileno() < FD_SETSIZE:
             return True
-        log.warning(
-            "refused a connection on descriptor %d: select() cannot watch descriptors >= %d "
-            "(FD_SETSIZE); use --model selectors for more clients",
-            conn.fileno(),
-            FD_SETSIZE,
-        )
         self.stats.rejected()
+        folded = self._fd_refusals.note()
+        if folded:
+            log.warning(
+                "refused %d connection(s) on descriptors >= %d (descriptor %d this time): "
+                "select() cannot watch them (FD_SETSIZE); use --model selectors for more clients",
+                folded,
+                FD_SETSIZE,
+                conn.fileno(),
+            )
         return False
 
     def _wait_once(self, timeout: float) -> None:
