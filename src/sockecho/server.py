@@ -85,6 +85,7 @@ class Server:
 
         Raises BindError/ResolveError (nothing is left open) when it cannot listen.
         """
+        log.debug("starting the %s model with %s", self.config.model, self.config)
         self.endpoints = self.model.open()
         self.addresses = [
             (str(sock.getsockname()[0]), int(sock.getsockname()[1]))

@@ -270,8 +270,8 @@ class BlockingModel(EchoServer):
                     conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
 
     def next_client(self) -> tuple[socket.socket, net.SockAddr] | None:
-        """Wait for a connection and accept it; None when stopping (or nothing to accept)."""
-        if self._waiting is None:
+        """Wait for a connection and accept it; None when stopping."""
+        if self._waiting is None:  # one selector for the server's life, not one per client
             self._waiting = self.calls.new_selector()
             for sock in self.listeners:
                 sock.setblocking(False)
@@ -287,7 +287,7 @@ class BlockingModel(EchoServer):
                 try:
                     conn, addr = listener.accept()
                 except BlockingIOError:
-                    continue  # another waiter took it, or the client already left
+                    continue  # the client already left
                 except OSError as exc:
                     if self.accept_failed(exc):
                         # Back off on the waker alone (a stop still interrupts it): the
@@ -312,13 +312,13 @@ class BlockingModel(EchoServer):
 
     def wait_closed(self) -> None:
         """After the accept loop ended: wait for open connections (the drain), then clean up."""
+        if self._waiting is not None:
+            self._waiting.close()
         self.close_listeners()
         with self._open_changed:
             self._open_changed.wait_for(lambda: not self._open)
             if self._expiry is not None:
                 self._expiry.cancel()
-        if self._waiting is not None:
-            self._waiting.close()
         self._waker.close()
 
     def echo_until_closed(self, conn: socket.socket, session: EchoSession) -> None:
