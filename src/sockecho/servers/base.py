@@ -244,6 +244,7 @@ class BlockingModel(EchoServer):
         self._open: set[socket.socket] = set()
         self._open_changed = threading.Condition()
         self._expiry: threading.Timer | None = None
+        self._drain_over = False  # set once a stop's drain time is over
 
     def wake(self) -> None:
         # Stop accepting at once, even while the serving thread is busy with a client (the
@@ -265,6 +266,7 @@ class BlockingModel(EchoServer):
 
     def _shutdown_open(self) -> None:
         with self._open_changed:
+            self._drain_over = True
             for conn in self._open:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
@@ -302,8 +304,12 @@ class BlockingModel(EchoServer):
     def track(self, conn: socket.socket) -> None:
         with self._open_changed:
             self._open.add(conn)
-            if self.stopping and self._expiry is None:
-                self._shutdown_open()
+            # Admitted just before a stop and tracked after the drain ended: no drain for it.
+            # (A stop that arrives between admission and here must not cut everyone else's
+            # drain short: the expiry timer will find this connection in _open in time.)
+            if self._drain_over:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def untrack(self, conn: socket.socket) -> None:
         with self._open_changed:
