@@ -119,6 +119,9 @@ class ServeProcess:
                 if line.startswith("listening on "):
                     self.endpoints.append(line.split(" ", 2)[2].strip())
                 self._lines_ready.notify_all()
+        self.proc.wait()  # stderr closed: the process is ending; waiters must see it has ended
+        with self._lines_ready:
+            self._lines_ready.notify_all()
 
     def wait_for_line(self, fragment: str, timeout: float = WAIT) -> bool:
         with self._lines_ready:
