@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import enum
+import inspect
 import logging
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING, TextIO
 
 from sockecho import __version__, client
 from sockecho.config import (
@@ -24,11 +27,16 @@ from sockecho.config import (
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
+    DEFAULT_UDP_RATE,
+    UDP_BURST_SECONDS,
     ServerConfig,
 )
 from sockecho.errors import ConfigError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+
+if TYPE_CHECKING:
+    from sockecho.trace import Tracer
 
 
 class ExitCode(enum.IntEnum):
@@ -63,6 +71,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or a positive number")
+    return value
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -79,9 +97,11 @@ examples:
   sockecho serve --model iterative        the course's first exercise: one client at a time
   sockecho serve --port 0                 pick a free port (read it from the ready line)
   sockecho serve --host :: --port 7007    IPv4 and IPv6 clients on every interface
+  sockecho serve --udp                    UDP echo too, on the same port number
 
 When a listener is ready, one line goes to stderr: "listening on tcp://HOST:PORT"
-(IPv6 hosts in brackets). SIGINT or SIGTERM stops it gracefully (exit 0); a second
+(IPv6 hosts in brackets), one per address of HOST; with --udp, "listening on
+udp://HOST:PORT" lines follow. SIGINT or SIGTERM stops it gracefully (exit 0); a second
 signal stops at once.
 """
 
@@ -155,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, let open connections finish for this long "
         f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
+    add_trace_argument(serve)
+    add_udp_arguments(serve)
     add_verbosity_arguments(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
@@ -179,8 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up connecting, or waiting for an outstanding echo, after this long "
         f"(default: {client.DEFAULT_TIMEOUT:g}; 0 waits forever)",
     )
+    add_trace_argument(send)
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
+
+    models = commands.add_parser(
+        "models",
+        help="list the server models and where their source lives",
+        description="The server designs, in teaching order, each with the file to read it in.",
+    )
+    models.set_defaults(run=run_models, parser=models)
 
     from sockecho import bench, ping  # noqa: PLC0415 (they import this module's helpers)
 
@@ -201,10 +231,74 @@ def add_address_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_trace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="narrate every socket call (arguments, result, errno) on stderr",
+    )
+
+
+def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
+    """The stderr tracer when ``--trace`` was given (the trace module loads only then)."""
+    if not getattr(args, "trace", False):
+        return None
+    from sockecho.trace import Tracer  # noqa: PLC0415 - rich loads only for --trace
+
+    return Tracer(role, sys.stderr)
+
+
+def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
+    udp = parser.add_argument_group("UDP echo (see docs/udp-tls.md)")
+    udp.add_argument(
+        "--udp",
+        action="store_true",
+        help="also echo UDP datagrams (up to 65507 bytes, whole) on the same port number",
+    )
+    udp.add_argument(
+        "--udp-allow-low-ports",
+        action="store_true",
+        help="also reply to source ports below 1024 (off by default: two echo-like "
+        "services could bounce a datagram between them forever)",
+    )
+    udp.add_argument(
+        "--udp-rate",
+        type=non_negative_number,
+        default=DEFAULT_UDP_RATE,
+        metavar="N",
+        help="replies per second to one source address; more are dropped and counted, so "
+        f"the server cannot flood a spoofed victim; 0: no limit (default: {DEFAULT_UDP_RATE:g})",
+    )
+    udp.add_argument(
+        "--udp-burst",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="replies one source address may get at once before --udp-rate applies "
+        f"(default: {UDP_BURST_SECONDS:g} s of the rate, 100 at the default rate)",
+    )
+
+
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="only the ready line and errors")
     group.add_argument("-v", "--verbose", action="store_true", help="debug detail")
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when it was made
+    (a server thread may outlive a redirected stderr, as in tests that capture output)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always sys.stderr
 
 
 def configure_logging(args: argparse.Namespace) -> None:
@@ -213,7 +307,7 @@ def configure_logging(args: argparse.Namespace) -> None:
         level = logging.WARNING
     elif getattr(args, "verbose", False):
         level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("sockecho")
     root.handlers[:] = [handler]
@@ -232,8 +326,13 @@ def run_serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             max_per_source=args.max_per_source,
             drain_timeout=args.drain_timeout,
+            udp=args.udp,
+            udp_allow_low_ports=args.udp_allow_low_ports,
+            udp_rate=args.udp_rate,
+            udp_burst=args.udp_burst,
         )
-        server = Server(config)
+        tracer = tracer_for(args, "server")
+        server = Server(config, calls=tracer.socket_calls() if tracer else None)
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
@@ -244,7 +343,10 @@ def run_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     for endpoint in server.start():
-        print(READY_LINE.format(endpoint=endpoint), file=sys.stderr, flush=True)
+        # One write, not print()'s two: the serving thread (its log, --trace) writes to
+        # stderr too, and must not land between the line and its newline.
+        sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+        sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
     snapshot = server.snapshot()
@@ -256,15 +358,33 @@ def run_serve(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def run_models(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in MODELS) + len(" (default)")
+    for name, cls in MODELS.items():
+        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        print(f"{label:<{width}}  {cls.summary}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(cls)}")
+    return ExitCode.OK
+
+
 def run_send(args: argparse.Namespace) -> int:
     timeout = args.timeout or None
+    tracer = tracer_for(args, "client")
+    socket_class = tracer.socket_class() if tracer else socket.socket
     if args.message:
         message = (" ".join(args.message) + "\n").encode()
-        reply = client.echo(message, args.host, args.port, timeout)
+        reply = client.echo(message, args.host, args.port, timeout, socket_class=socket_class)
         sys.stdout.buffer.write(reply)
         sys.stdout.buffer.flush()
     else:
-        client.stream(sys.stdin.buffer, sys.stdout.buffer, args.host, args.port, timeout)
+        client.stream(
+            sys.stdin.buffer,
+            sys.stdout.buffer,
+            args.host,
+            args.port,
+            timeout,
+            socket_class=socket_class,
+        )
     return ExitCode.OK
 
 

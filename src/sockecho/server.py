@@ -21,7 +21,7 @@ from typing import Any
 
 from sockecho.config import ServerConfig
 from sockecho.core import ServerStats, StatsSnapshot
-from sockecho.errors import ConfigError, ServerFailed
+from sockecho.errors import ConfigError, ServerFailed, SockechoError
 from sockecho.servers import MODELS, EchoServer
 from sockecho.servers.base import SocketCalls
 
@@ -62,6 +62,8 @@ class Server:
         self.model = make_model(config, calls)
         self.endpoints: list[str] = []
         self.addresses: list[tuple[str, int]] = []
+        #: (host, port) of each UDP socket (``udp=True``), in the order of ``addresses``
+        self.datagram_addresses: list[tuple[str, int]] = []
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self.stopped = threading.Event()
@@ -90,6 +92,10 @@ class Server:
         self.addresses = [
             (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
             for sock in self.model.listeners
+        ]
+        self.datagram_addresses = [
+            (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+            for sock in self.model.datagram_sockets
         ]
         self._thread = threading.Thread(
             target=self._run, name=f"sockecho-{self.config.model}", daemon=True
@@ -123,6 +129,8 @@ class Server:
                 raise ServerFailed(f"the {self.config.model} model did not stop in time")
         if self._failure is not None:
             failure, self._failure = self._failure, None
+            if isinstance(failure, SockechoError):
+                raise failure  # a refusal the model explains itself
             raise ServerFailed(
                 f"the {self.config.model} model stopped on {type(failure).__name__}: {failure}",
                 "please report this with the -v log",

@@ -26,6 +26,13 @@ Back-pressure
     marks; above the high mark asyncio calls ``pause_writing``, and we stop
     reading from that client until ``resume_writing``.
 
+UDP (``--udp``)
+    Each UDP socket becomes a datagram transport (``create_datagram_endpoint``
+    with ``sock=``); ``datagram_received`` asks the shared policy and hands the
+    echo to ``transport.sendto``. When the transport already holds more than
+    the high-water mark of unsent datagrams, the echo is dropped and counted
+    as an error instead of queued: memory stays bounded under a flood.
+
 What it costs and where it breaks
     One thread; per connection a transport and a protocol object (about 1.5 KiB
     RSS). One core of Python at most, as with every single-threaded loop.
@@ -35,11 +42,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import socket
 import time
+from typing import Any, cast
 
+from sockecho import net
 from sockecho.config import ServerConfig
 from sockecho.core import EchoSession
-from sockecho.servers.base import EchoServer, SocketCalls, sweep_interval
+from sockecho.servers.base import (
+    ACCEPT_CAPACITY_ERRNOS,
+    EchoServer,
+    SocketCalls,
+    sweep_interval,
+)
 
 #: Seconds to wait for aborted connections' callbacks (they run within a loop pass or two).
 ABORT_GRACE = 1.0
@@ -71,11 +87,18 @@ class EchoProtocol(asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None
         assert self.session is not None
-        transport.write(self.server.read_buffer[:nbytes])
-        self.session.echoed(nbytes)
+        buffer = self.server.read_buffer
         if transport.get_write_buffer_size():
-            # The transport kept (a view of) the unsent part: later reads go to a new buffer.
-            self.server.read_buffer = memoryview(bytearray(self.server.config.read_size))
+            # Already queued behind unsent bytes: queue an exact-size copy. Handing over a view
+            # here would pin a whole read buffer per write, so a client sending tiny writes and
+            # never reading could make the server hold read_size bytes per byte it sent.
+            transport.write(bytes(buffer[:nbytes]))
+        else:
+            transport.write(buffer[:nbytes])
+            if transport.get_write_buffer_size():
+                # The transport kept (a view of) the unsent part: later reads go to a new buffer.
+                self.server.read_buffer = memoryview(bytearray(self.server.config.read_size))
+        self.session.echoed(nbytes)
 
     def eof_received(self) -> bool:
         # Returning False lets the transport close after flushing what is still pending:
@@ -93,6 +116,47 @@ class EchoProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:
             self.server.connection_lost(self, exc)
+
+
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    """One UDP socket: every datagram the policy allows goes back to its source whole."""
+
+    def __init__(self, server: AsyncioServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.transport: asyncio.DatagramTransport | None = None
+        self._send_error: OSError | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport has the interface but (before Python 3.12)
+        # not the base class.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: net.SockAddr) -> None:
+        transport = self.transport
+        if transport is None or not self.server.should_echo_datagram(addr):
+            return
+        # The selector and uvloop datagram transports both have it; typeshed does not know.
+        buffered: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        if buffered > self.server.config.high_water:
+            self.server.datagram_echoed(len(data), BlockingIOError("udp send buffer full"))
+            return
+        self._send_error = None
+        if data:
+            transport.sendto(data, addr)  # a failure to send now is reported in error_received
+        else:
+            # Python 3.11's selector transport silently drops an empty datagram; RFC 862
+            # echoes it like any other, so send it ourselves (it never has to wait).
+            try:
+                self.sock.sendto(data, addr)
+            except OSError as exc:
+                self._send_error = exc
+        self.server.datagram_echoed(len(data), self._send_error)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable and friends: the datagram is lost, the socket goes on.
+        if isinstance(exc, OSError):
+            self._send_error = exc
 
 
 class AsyncioServer(EchoServer):
@@ -135,6 +199,18 @@ class AsyncioServer(EchoServer):
         if not self._protocols and self._all_closed is not None:
             self._all_closed.set()
 
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Route asyncio's accept() capacity errors through the shared rate-limited notice.
+
+        asyncio already backs off by itself (it stops watching the listener for a second
+        after EMFILE and friends), but would log each failure with a traceback.
+        """
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS:
+            self.accept_failed(exc)
+        else:
+            loop.default_exception_handler(context)
+
     # -- the loop ---------------------------------------------------------------------------
 
     def serve(self) -> None:
@@ -164,6 +240,7 @@ class AsyncioServer(EchoServer):
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_exception)
         self._stop_requested = asyncio.Event()
         self._all_closed = asyncio.Event()
         if self.stopping:  # asked to stop before the loop existed
@@ -172,12 +249,24 @@ class AsyncioServer(EchoServer):
             await self._loop.create_server(lambda: EchoProtocol(self), sock=listener)
             for listener in self.listeners
         ]
+        datagram_transports = [
+            (
+                await self._loop.create_datagram_endpoint(
+                    functools.partial(EchoDatagramProtocol, self, sock),
+                    sock=sock,
+                )
+            )[0]
+            for sock in self.datagram_sockets
+        ]
+        self.datagram_sockets = []  # the transports own (and close) them now
         sweeper = asyncio.create_task(self._sweep_idle())
         try:
             await self._stop_requested.wait()
         finally:
             for server in servers:
                 server.close()  # stop accepting; open connections go on for the drain
+            for transport in datagram_transports:
+                transport.abort()  # unsent echoes are dropped: UDP promises no delivery
             self.listeners = []
             await self._drain()
             sweeper.cancel()
