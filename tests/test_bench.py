@@ -79,6 +79,35 @@ def test_processes_merge_histograms_exactly(asyncio_server: Server) -> None:
     assert result.errors == {}
 
 
+def test_uvloop_load_generator_verifies_echoes_too(asyncio_server: Server) -> None:
+    result = run_bench(
+        short_run(asyncio_server.address[1], loop="uvloop", requests=200, duration=None)
+    )
+    assert result.round_trips == 200
+    assert result.errors == {}
+    assert result.environment["loop"] == "uvloop"
+
+
+def test_udp_bench_against_the_sockecho_udp_echo(model: str) -> None:
+    with Server(model=model, port=0, udp=True, udp_rate=0) as srv:  # no reflection limit
+        spec = short_run(srv.address[1], udp=True, size=512, requests=300, duration=None)
+        result = run_bench(spec)
+    assert (result.round_trips, result.lost, result.errors) == (300, 0, {})
+
+
+def test_udp_bench_shows_the_servers_reflection_limit_as_loss() -> None:
+    with Server(model="asyncio", port=0, udp=True, udp_rate=100, udp_burst=10) as srv:
+        spec = short_run(
+            srv.address[1], udp=True, size=64, rate=1000, duration=0.5, warmup=0, timeout=0.1
+        )
+        result = run_bench(spec)
+    assert result.errors == {}
+    assert result.round_trips + result.lost == pytest.approx(500, abs=5)
+    # 100 replies/s after a burst of 10: about 60 of 500 come back, the rest are lost.
+    assert 30 <= result.round_trips <= 120
+    assert result.loss > 0.7
+
+
 def test_corrupted_echo_is_counted_as_mismatch_never_accepted() -> None:
     with TcpPeer(corrupting_handler(every=10)) as peer:
         result = run_bench(short_run(peer.address[1], connections=2))

@@ -254,8 +254,8 @@ class TcpChannel(Channel, asyncio.Protocol):
                 await asyncio.sleep(RECONNECT_BACKOFF)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
         self.failure = None
         sock = transport.get_extra_info("socket")
         if sock is not None:
