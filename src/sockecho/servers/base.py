@@ -402,7 +402,7 @@ class NonBlockingModel(EchoServer):
             if session is not None:
                 conn.setblocking(False)
                 self.sessions[conn] = session
-                self.watch(conn, session)
+                self.watch_or_drop(conn, session)
 
     def can_watch(self, conn: socket.socket) -> bool:
         """Whether this loop can wait on ``conn`` (the select model says no at FD_SETSIZE)."""
@@ -449,7 +449,15 @@ class NonBlockingModel(EchoServer):
         if session.finished:
             self.drop(conn, session)
         else:
+            self.watch_or_drop(conn, session)
+
+    def watch_or_drop(self, conn: socket.socket, session: EchoSession) -> None:
+        """:meth:`watch`, ending only this connection if the kernel refuses (epoll_ctl can
+        fail with ENOMEM, or ENOSPC past fs.epoll.max_user_watches)."""
+        try:
             self.watch(conn, session)
+        except OSError as exc:
+            self.drop(conn, session, exc)
 
     def drop(
         self,
