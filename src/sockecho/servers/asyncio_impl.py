@@ -122,7 +122,11 @@ class AsyncioServer(EchoServer):
     def connection_made(
         self, protocol: EchoProtocol, transport: asyncio.Transport
     ) -> EchoSession | None:
-        session = self.admit(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
+        if peer is None:  # getpeername() failed: the client reset before we got to it
+            transport.abort()
+            return None
+        session = self.admit(peer)
         if session is None:
             transport.abort()
         else:
