@@ -30,7 +30,6 @@ ANNOUNCED_DOCS = {
     "docs/measuring.md",
     "docs/tutorial.md",
     "docs/tutorial.es.md",
-    "docs/security.md",
     "docs/PERFORMANCE.md",
 }
 OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
