@@ -153,10 +153,19 @@ def test_descriptors_above_fd_setsize_are_refused_by_select_only_and_never_crash
         assert notices == []
 
 
+@pytest.mark.parametrize(
+    ("low_free", "options"),
+    [("0", []), ("3", ["--udp"])],  # 3: the wake-up pair and the TCP listener fit, UDP does not
+    ids=["tcp", "udp"],
+)
 def test_select_refuses_to_start_when_its_own_sockets_are_above_fd_setsize(
     serve_process: type[ServeProcess],
+    monkeypatch: pytest.MonkeyPatch,
+    low_free: str,
+    options: list[str],
 ) -> None:
-    srv = crowded(serve_process)("--model", "select", "--port", "0")
+    monkeypatch.setenv("SOCKECHO_TEST_LOW_FREE", low_free)
+    srv = crowded(serve_process)("--model", "select", "--port", "0", *options)
     assert srv.proc.wait(WAIT) == 1
     srv.close()
     assert not srv.endpoints  # no ready line for a server that cannot serve
