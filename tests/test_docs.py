@@ -1,7 +1,8 @@
 """The documentation against the code: cheap checks that fail when the docs rot.
 
-* every ``sockecho serve``/``send`` option the README names exists in the parser, and every
-  option the parser has is in the README's reference tables, with its real default;
+* every ``sockecho serve``/``send`` option that the README, docs/models.md or
+  docs/architecture.md names exists in the parser, and every option the parser has is in the
+  README's reference tables, with its real default;
 * the ready line and the exit codes the README documents are the ones ``cli.py`` uses;
 * every model in the registry has its section in docs/models.md;
 * the README's Python example runs and prints what the README says it prints;
@@ -88,10 +89,11 @@ def command_lines(text: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("command", ["serve", "send"])
-def test_every_option_the_readme_mentions_exists(command: str) -> None:
+def test_every_option_the_docs_mention_exists(command: str) -> None:
     known = options_of(subcommands()[command])
-    invocations = [args for name, args in command_lines(README.read_text()) if name == command]
-    assert invocations, f"the README never shows 'sockecho {command}'"
+    texts = [doc.read_text() for doc in (README, MODELS_DOC, ARCHITECTURE_DOC)]
+    invocations = [args for text in texts for name, args in command_lines(text) if name == command]
+    assert invocations, f"the docs never show 'sockecho {command}'"
     mentioned = {option for args in invocations for option in OPTION.findall(args)}
     mentioned |= set(reference_table(command))
     assert mentioned - set(known) == set(), f"options the parser of {command} does not have"
