@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import enum
+import inspect
 import logging
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sockecho import __version__, client
 from sockecho.config import (
@@ -29,6 +32,9 @@ from sockecho.config import (
 from sockecho.errors import ConfigError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+
+if TYPE_CHECKING:
+    from sockecho.trace import Tracer
 
 
 class ExitCode(enum.IntEnum):
@@ -155,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, let open connections finish for this long "
         f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
+    add_trace_argument(serve)
     add_verbosity_arguments(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
@@ -179,8 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up connecting, or waiting for an outstanding echo, after this long "
         f"(default: {client.DEFAULT_TIMEOUT:g}; 0 waits forever)",
     )
+    add_trace_argument(send)
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
+
+    models = commands.add_parser(
+        "models",
+        help="list the server models and where their source lives",
+        description="The server designs, in teaching order, each with the file to read it in.",
+    )
+    models.set_defaults(run=run_models, parser=models)
     return parser
 
 
@@ -194,6 +209,23 @@ def add_address_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORT,
         help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)",
     )
+
+
+def add_trace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="narrate every socket call (arguments, result, errno) on stderr",
+    )
+
+
+def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
+    """The stderr tracer when ``--trace`` was given (the trace module loads only then)."""
+    if not getattr(args, "trace", False):
+        return None
+    from sockecho.trace import Tracer  # noqa: PLC0415 - rich loads only for --trace
+
+    return Tracer(role, sys.stderr)
 
 
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +260,8 @@ def run_serve(args: argparse.Namespace) -> int:
             max_per_source=args.max_per_source,
             drain_timeout=args.drain_timeout,
         )
-        server = Server(config)
+        tracer = tracer_for(args, "server")
+        server = Server(config, calls=tracer.socket_calls() if tracer else None)
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
@@ -239,7 +272,10 @@ def run_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     for endpoint in server.start():
-        print(READY_LINE.format(endpoint=endpoint), file=sys.stderr, flush=True)
+        # One write, not print()'s two: the serving thread (its log, --trace) writes to
+        # stderr too, and must not land between the line and its newline.
+        sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+        sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
     snapshot = server.snapshot()
@@ -251,15 +287,33 @@ def run_serve(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def run_models(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in MODELS) + len(" (default)")
+    for name, cls in MODELS.items():
+        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        print(f"{label:<{width}}  {cls.summary}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(cls)}")
+    return ExitCode.OK
+
+
 def run_send(args: argparse.Namespace) -> int:
     timeout = args.timeout or None
+    tracer = tracer_for(args, "client")
+    socket_class = tracer.socket_class() if tracer else socket.socket
     if args.message:
         message = (" ".join(args.message) + "\n").encode()
-        reply = client.echo(message, args.host, args.port, timeout)
+        reply = client.echo(message, args.host, args.port, timeout, socket_class=socket_class)
         sys.stdout.buffer.write(reply)
         sys.stdout.buffer.flush()
     else:
-        client.stream(sys.stdin.buffer, sys.stdout.buffer, args.host, args.port, timeout)
+        client.stream(
+            sys.stdin.buffer,
+            sys.stdout.buffer,
+            args.host,
+            args.port,
+            timeout,
+            socket_class=socket_class,
+        )
     return ExitCode.OK
 
 

@@ -30,13 +30,20 @@ CHUNK_SIZE = 64 * 1024
 
 
 def connect(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float | None = DEFAULT_TIMEOUT
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    socket_class: type[socket.socket] = socket.socket,
 ) -> socket.socket:
-    """Connect to the first address of ``host`` that answers; ConnectError naming it if none."""
+    """Connect to the first address of ``host`` that answers; ConnectError naming it if none.
+
+    ``socket_class`` makes the socket (``--trace`` passes a narrating one).
+    """
     last: ConnectError | None = None
     for family, sockaddr in resolve(host, port, socket.SOCK_STREAM, passive=False):
         where = format_host_port(str(sockaddr[0]), port)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket_class(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(sockaddr)
@@ -78,9 +85,11 @@ def echo(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    socket_class: type[socket.socket] = socket.socket,
 ) -> bytes:
     """Send ``message``, wait for the whole echo, return it. EchoMismatch if it differs."""
-    with connect(host, port, timeout) as sock:
+    with connect(host, port, timeout, socket_class=socket_class) as sock:
         try:
             sock.sendall(message)
             reply = recv_exactly(sock, len(message))
@@ -119,6 +128,8 @@ def stream(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    socket_class: type[socket.socket] = socket.socket,
 ) -> StreamResult:
     """Send all of ``source`` through the server, writing the echo to ``sink`` as it arrives.
 
@@ -129,7 +140,7 @@ def stream(
     sent = 0
     send_error: list[BaseException] = []
 
-    with connect(host, port, timeout) as sock:
+    with connect(host, port, timeout, socket_class=socket_class) as sock:
         # read1() returns what a pipe has now instead of waiting for a full chunk.
         read = getattr(source, "read1", source.read)
 
