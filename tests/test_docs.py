@@ -153,13 +153,25 @@ def test_readme_python_example_runs_and_prints_what_the_readme_shows() -> None:
     ]
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown text."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if match := re.match(r"#+ (.*)", line):
+            title = re.sub(r"[^\w\- ]", "", match.group(1).lower())
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
 @pytest.mark.parametrize("doc", [README, MODELS_DOC, ARCHITECTURE_DOC], ids=lambda p: p.name)
-def test_relative_links_point_to_existing_files(doc: Path) -> None:
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+def test_relative_links_point_to_existing_files_and_headings(doc: Path) -> None:
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", doc.read_text()):
         if "://" in target:
             continue
-        path = (doc.parent / target).resolve()
+        path = (doc.parent / target).resolve() if target else doc
         relative = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else target
         if relative in ANNOUNCED_DOCS and not path.exists():
             continue
         assert path.exists(), f"{doc.name} links to {target}, which does not exist"
+        if anchor:
+            assert anchor in heading_anchors(path.read_text()), f"{doc.name}: no #{anchor}"
