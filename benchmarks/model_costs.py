@@ -19,8 +19,8 @@ stalled
 
 Linux only (reads /proc). Every connection goes to 127.0.0.1::
 
-    python examples/model_costs.py                  # N=500, every model
-    python examples/model_costs.py -n 200 --model select --model asyncio
+    python benchmarks/model_costs.py                  # N=500, every model
+    python benchmarks/model_costs.py -n 200 --model select --model asyncio
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 * every ``sockecho serve``/``send`` option that the README, docs/models.md or
   docs/architecture.md names exists in the parser, and every option the parser has is in the
   README's reference tables, with its real default;
+* every subcommand has its README section;
 * the ready line and the exit codes the README documents are the ones ``cli.py`` uses;
 * every model in the registry has its section in docs/models.md;
 * the README's Python example runs and prints what the README says it prints;
@@ -109,6 +110,12 @@ def test_every_option_is_in_the_readme_reference_with_its_default(command: str) 
             continue  # documented in words ("off", "10000; select: 1000")
         shown = f"{default:g}" if isinstance(default, float) else str(default)
         assert f"`{shown}`" in table[option], f"{option}: the README's default is not {shown}"
+
+
+def test_every_subcommand_has_its_readme_section() -> None:
+    headings = README.read_text().splitlines()
+    for command in subcommands():
+        assert f"### `sockecho {command}`" in headings, f"no README section for {command}"
 
 
 def test_readme_documents_the_ready_line_and_the_exit_codes() -> None:
