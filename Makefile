@@ -43,5 +43,9 @@ unit: $(STAMP)
 
 test: test-deps lint typecheck unit  ## everything CI runs
 
+# Not part of `make test`: minutes of load (docs/PERFORMANCE.md). BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	PYTHON=$(BIN)/python benchmarks/run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info

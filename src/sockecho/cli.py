@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The server designs, in teaching order, each with the file to read it in.",
     )
     models.set_defaults(run=run_models, parser=models)
+
+    from sockecho import bench, ping  # noqa: PLC0415 (they import this module's helpers)
+
+    bench.add_parser(commands)
+    ping.add_parser(commands)
     return parser
 
 

@@ -32,10 +32,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 from sockecho.config import ServerConfig
 from sockecho.core import EchoSession
-from sockecho.servers.base import EchoServer, SocketCalls, sweep_interval
+from sockecho.servers.base import (
+    ACCEPT_CAPACITY_ERRNOS,
+    EchoServer,
+    SocketCalls,
+    sweep_interval,
+)
 
 #: Seconds to wait for aborted connections' callbacks (they run within a loop pass or two).
 ABORT_GRACE = 1.0
@@ -69,11 +75,17 @@ class EchoProtocol(asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None
         assert self.session is not None
-        transport.write(self._buffer[:nbytes])
-        self.session.echoed(nbytes)
         if transport.get_write_buffer_size():
-            # The transport kept (a view of) the unsent part: read into a new buffer.
-            self._buffer = memoryview(bytearray(self._read_size))
+            # Already queued behind unsent bytes: queue an exact-size copy. Handing over a view
+            # here would pin a whole read buffer per write, so a client sending tiny writes and
+            # never reading could make the server hold read_size bytes per byte it sent.
+            transport.write(bytes(self._buffer[:nbytes]))
+        else:
+            transport.write(self._buffer[:nbytes])
+            if transport.get_write_buffer_size():
+                # The transport kept (a view of) the unsent part: read into a new buffer.
+                self._buffer = memoryview(bytearray(self._read_size))
+        self.session.echoed(nbytes)
 
     def eof_received(self) -> bool:
         # Returning False lets the transport close after flushing what is still pending:
@@ -131,6 +143,18 @@ class AsyncioServer(EchoServer):
         if not self._protocols and self._all_closed is not None:
             self._all_closed.set()
 
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Route asyncio's accept() capacity errors through the shared rate-limited notice.
+
+        asyncio already backs off by itself (it stops watching the listener for a second
+        after EMFILE and friends), but would log each failure with a traceback.
+        """
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS:
+            self.accept_failed(exc)
+        else:
+            loop.default_exception_handler(context)
+
     # -- the loop ---------------------------------------------------------------------------
 
     def serve(self) -> None:
@@ -160,6 +184,7 @@ class AsyncioServer(EchoServer):
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_exception)
         self._stop_requested = asyncio.Event()
         self._all_closed = asyncio.Event()
         if self.stopping:  # asked to stop before the loop existed

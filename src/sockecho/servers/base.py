@@ -238,12 +238,21 @@ class BlockingModel(EchoServer):
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
         self._waker = Waker()
+        # Created on first use and kept: a selector per accept would need a fresh descriptor
+        # exactly when they may have run out (EMFILE), and would come and go under fd counts.
+        self._waiting: selectors.BaseSelector | None = None
         self._open: set[socket.socket] = set()
         self._open_changed = threading.Condition()
         self._expiry: threading.Timer | None = None
-        self._waiting: selectors.BaseSelector | None = None
+        self._drain_over = False  # set once a stop's drain time is over
 
     def wake(self) -> None:
+        # Stop accepting at once, even while the serving thread is busy with a client (the
+        # iterative model): on Linux shutdown(SHUT_RD) takes a listening socket out of the
+        # LISTEN state, so new clients are refused instead of queueing in the backlog.
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RD)
         self._waker.wake()
         deadline = self.drain_deadline()
         with self._open_changed:
@@ -257,6 +266,7 @@ class BlockingModel(EchoServer):
 
     def _shutdown_open(self) -> None:
         with self._open_changed:
+            self._drain_over = True
             for conn in self._open:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
@@ -282,7 +292,10 @@ class BlockingModel(EchoServer):
                     continue  # the client already left
                 except OSError as exc:
                     if self.accept_failed(exc):
-                        self._waiting.select(ACCEPT_BACKOFF)  # back off, but still hear a stop
+                        # Back off on the waker alone (a stop still interrupts it): the
+                        # listener stays readable while the client waits, so waiting on it
+                        # too would return at once and spin.
+                        self.calls.select([self._waker.reader], [], [], ACCEPT_BACKOFF)
                     continue
                 conn.setblocking(True)
                 return conn, addr
@@ -291,8 +304,12 @@ class BlockingModel(EchoServer):
     def track(self, conn: socket.socket) -> None:
         with self._open_changed:
             self._open.add(conn)
-            if self.stopping and self._expiry is None:
-                self._shutdown_open()
+            # Admitted just before a stop and tracked after the drain ended: no drain for it.
+            # (A stop that arrives between admission and here must not cut everyone else's
+            # drain short: the expiry timer will find this connection in _open in time.)
+            if self._drain_over:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def untrack(self, conn: socket.socket) -> None:
         with self._open_changed:
