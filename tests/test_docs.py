@@ -4,7 +4,8 @@
   docs/architecture.md names exists in the parser, and every option the parser has is in the
   README's reference tables, with its real default;
 * every subcommand is in the README's synopsis, and serve/send/models have their sections;
-* the ready line and the exit codes the README documents are the ones ``cli.py`` uses;
+* the ready line and the exit codes the README documents are the ones ``cli.py`` uses, and its
+  ``-v`` transcript shows today's settings;
 * every model in the registry has its section in docs/models.md;
 * the README's Python example runs and prints what the README says it prints;
 * relative links in the docs point to files that exist.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sockecho import MODELS, cli
+from sockecho import MODELS, ServerConfig, cli
 from tests.conftest import REPO, WAIT
 
 README = REPO / "README.md"
@@ -133,6 +134,11 @@ def test_readme_documents_the_ready_line_and_the_exit_codes() -> None:
     codes = section(text, "### Exit codes and errors")
     for code in cli.ExitCode:
         assert f"\n| {code.value} |" in codes, f"exit code {code.value} is not documented"
+
+
+def test_readme_verbose_transcript_shows_the_current_settings() -> None:
+    # The -v example is a pasted transcript of `sockecho serve -v`: re-run it when settings change.
+    assert f"starting the asyncio model with {ServerConfig()!r}" in README.read_text()
 
 
 def test_every_model_has_its_section_and_column_in_models_md() -> None:
