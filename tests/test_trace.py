@@ -243,6 +243,16 @@ def test_concurrent_connections_never_interleave_mid_line(
     assert len(accepted) == clients
 
 
+def test_every_listen_call_uses_the_configured_backlog(model: str) -> None:
+    out = io.StringIO()
+    config = ServerConfig(model=model, port=0, backlog=64)
+    with Server(config, calls=traced_calls(Tracer("server", out, color=False))):
+        pass
+    listens = [c for c in parse(out.getvalue()) if c.name == "listen"]
+    assert listens
+    assert all(c.args.endswith(", 64") for c in listens), listens
+
+
 def test_a_server_without_trace_uses_the_plain_standard_library(model: str) -> None:
     with Server(model=model, port=0) as srv:
         assert srv.model.calls == SocketCalls(
