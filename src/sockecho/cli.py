@@ -18,7 +18,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from sockecho import __version__, client
 from sockecho.config import (
@@ -27,6 +27,8 @@ from sockecho.config import (
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
+    DEFAULT_UDP_RATE,
+    UDP_BURST_SECONDS,
     ServerConfig,
 )
 from sockecho.errors import ConfigError, SockechoError
@@ -69,6 +71,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or a positive number")
+    return value
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -85,9 +97,11 @@ examples:
   sockecho serve --model iterative        the course's first exercise: one client at a time
   sockecho serve --port 0                 pick a free port (read it from the ready line)
   sockecho serve --host :: --port 7007    IPv4 and IPv6 clients on every interface
+  sockecho serve --udp                    UDP echo too, on the same port number
 
 When a listener is ready, one line goes to stderr: "listening on tcp://HOST:PORT"
-(IPv6 hosts in brackets). SIGINT or SIGTERM stops it gracefully (exit 0); a second
+(IPv6 hosts in brackets), one per address of HOST; with --udp, "listening on
+udp://HOST:PORT" lines follow. SIGINT or SIGTERM stops it gracefully (exit 0); a second
 signal stops at once.
 """
 
@@ -162,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
     add_trace_argument(serve)
+    add_udp_arguments(serve)
     add_verbosity_arguments(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
@@ -233,10 +248,57 @@ def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
     return Tracer(role, sys.stderr)
 
 
+def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
+    udp = parser.add_argument_group("UDP echo (see docs/udp-tls.md)")
+    udp.add_argument(
+        "--udp",
+        action="store_true",
+        help="also echo UDP datagrams (up to 65507 bytes, whole) on the same port number",
+    )
+    udp.add_argument(
+        "--udp-allow-low-ports",
+        action="store_true",
+        help="also reply to source ports below 1024 (off by default: two echo-like "
+        "services could bounce a datagram between them forever)",
+    )
+    udp.add_argument(
+        "--udp-rate",
+        type=non_negative_number,
+        default=DEFAULT_UDP_RATE,
+        metavar="N",
+        help="replies per second to one source address; more are dropped and counted, so "
+        f"the server cannot flood a spoofed victim; 0: no limit (default: {DEFAULT_UDP_RATE:g})",
+    )
+    udp.add_argument(
+        "--udp-burst",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="replies one source address may get at once before --udp-rate applies "
+        f"(default: {UDP_BURST_SECONDS:g} s of the rate, 100 at the default rate)",
+    )
+
+
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="only the ready line and errors")
     group.add_argument("-v", "--verbose", action="store_true", help="debug detail")
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when it was made
+    (a server thread may outlive a redirected stderr, as in tests that capture output)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always sys.stderr
 
 
 def configure_logging(args: argparse.Namespace) -> None:
@@ -245,7 +307,7 @@ def configure_logging(args: argparse.Namespace) -> None:
         level = logging.WARNING
     elif getattr(args, "verbose", False):
         level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("sockecho")
     root.handlers[:] = [handler]
@@ -264,6 +326,10 @@ def run_serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             max_per_source=args.max_per_source,
             drain_timeout=args.drain_timeout,
+            udp=args.udp,
+            udp_allow_low_ports=args.udp_allow_low_ports,
+            udp_rate=args.udp_rate,
+            udp_burst=args.udp_burst,
         )
         tracer = tracer_for(args, "server")
         server = Server(config, calls=tracer.socket_calls() if tracer else None)

@@ -7,6 +7,7 @@ the I/O-free core (:mod:`sockecho.core`); models never hard-code a number.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from sockecho.errors import ConfigError
@@ -33,6 +34,15 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 SELECT_MAX_CONNECTIONS = 1000
 #: Seconds a graceful stop lets open connections finish their echoes.
 DEFAULT_DRAIN_TIMEOUT = 5.0
+#: UDP replies per second to one source address: enough for any honest test client, while a
+#: spoofed flood aimed at a victim is cut to this much (the reflection limit, issue 4).
+DEFAULT_UDP_RATE = 1000.0
+#: Seconds of ``udp_rate`` a quiet source may spend at once (the token bucket's depth):
+#: 0.1 s at 1000/s lets a burst of 100 datagrams through, then the rate applies.
+UDP_BURST_SECONDS = 0.1
+#: Source ports below this are privileged (echo 7, discard 9, daytime 13, chargen 19,
+#: time 37 live there): replying to them could start an endless loop between two services.
+UDP_LOWEST_REPLY_PORT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,11 @@ class ServerConfig:
     ``port=0`` asks the kernel for a free port (read it back from
     :attr:`sockecho.Server.address`). ``idle_timeout=0`` disables the idle limit.
     ``max_per_source=0`` disables the per-source-address limit.
+
+    ``udp=True`` also serves UDP echo on the same port number. ``udp_rate`` is
+    replies per second per source address (0 disables the limit);
+    ``udp_burst`` the token bucket's depth in datagrams (default: 0.1 s of the
+    rate, at least 1).
     """
 
     model: str = "asyncio"
@@ -55,6 +70,10 @@ class ServerConfig:
     max_connections: int | None = None
     max_per_source: int = 0
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    udp: bool = False
+    udp_allow_low_ports: bool = False
+    udp_rate: float = DEFAULT_UDP_RATE
+    udp_burst: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -77,10 +96,21 @@ class ServerConfig:
             raise ConfigError("max per source must be 0 (off) or positive")
         if self.drain_timeout < 0:
             raise ConfigError("drain timeout must be 0 or a positive number of seconds")
+        if not self.udp_rate >= 0:  # also rejects NaN
+            raise ConfigError("UDP rate must be 0 (no limit) or a positive number per second")
+        if self.udp_burst is not None and self.udp_burst < 1:
+            raise ConfigError("UDP burst must be at least 1 datagram")
 
     def replace(self, **changes: object) -> ServerConfig:
         """Return a copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def udp_burst_size(self) -> int:
+        """Datagrams one source may get back at once before ``udp_rate`` applies."""
+        if self.udp_burst is not None:
+            return self.udp_burst
+        return max(1, math.ceil(self.udp_rate * UDP_BURST_SECONDS))
 
     def connection_limit(self, model_ceiling: int | None) -> int:
         """The effective maximum number of connections for a model with ``model_ceiling``."""

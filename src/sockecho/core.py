@@ -10,6 +10,10 @@ is decided here, once:
   whether it has been idle too long.
 * :class:`ConnectionGate` - admission. Whether one more connection fits under the
   global and per-source limits.
+* :class:`DatagramPolicy` - UDP. Whether a datagram gets its echo: never to a
+  privileged source port (the loop guard), and at most ``udp_rate`` replies per
+  second to one source address (the reflection limit, a token bucket per address
+  in a table of bounded size).
 * :class:`ServerStats` - what is counted, with a frozen :class:`StatsSnapshot` for
   readers and a condition to wait on (tests wait for counters, never sleep).
 
@@ -33,10 +37,11 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockecho.config import ServerConfig
+from sockecho.config import UDP_LOWEST_REPLY_PORT, ServerConfig
 
 Clock = Callable[[], float]
 
@@ -189,6 +194,11 @@ class StatsSnapshot:
     connection_errors: int
     idle_closed: int
     bytes_echoed: int
+    datagrams_received: int
+    datagrams_echoed: int
+    datagrams_dropped_low_port: int  # the loop guard: from a source port < 1024
+    datagrams_dropped_rate: int  # the reflection limit: over the source's udp_rate
+    datagram_errors: int  # sendto() failed (ICMP unreachable, buffer full): not echoed
 
 
 class ServerStats:
@@ -203,6 +213,11 @@ class ServerStats:
         self.connection_errors = 0
         self.idle_closed = 0
         self.bytes_echoed = 0
+        self.datagrams_received = 0
+        self.datagrams_echoed = 0
+        self.datagrams_dropped_low_port = 0
+        self.datagrams_dropped_rate = 0
+        self.datagram_errors = 0
 
     def opened(self) -> None:
         with self._changed:
@@ -224,6 +239,21 @@ class ServerStats:
             self.connections_rejected += 1
             self._changed.notify_all()
 
+    def datagram(self, verdict: DatagramVerdict, *, size: int = 0, error: bool = False) -> None:
+        """Count one datagram: its verdict, and whether its echo of ``size`` bytes went out."""
+        with self._changed:
+            self.datagrams_received += 1
+            if verdict is DatagramVerdict.LOW_PORT:
+                self.datagrams_dropped_low_port += 1
+            elif verdict is DatagramVerdict.RATE_LIMITED:
+                self.datagrams_dropped_rate += 1
+            elif error:
+                self.datagram_errors += 1
+            else:
+                self.datagrams_echoed += 1
+                self.bytes_echoed += size
+            self._changed.notify_all()
+
     def snapshot(self) -> StatsSnapshot:
         with self._changed:
             return StatsSnapshot(
@@ -234,6 +264,11 @@ class ServerStats:
                 connection_errors=self.connection_errors,
                 idle_closed=self.idle_closed,
                 bytes_echoed=self.bytes_echoed,
+                datagrams_received=self.datagrams_received,
+                datagrams_echoed=self.datagrams_echoed,
+                datagrams_dropped_low_port=self.datagrams_dropped_low_port,
+                datagrams_dropped_rate=self.datagrams_dropped_rate,
+                datagram_errors=self.datagram_errors,
             )
 
     def wait_for(self, predicate: Callable[[StatsSnapshot], bool], timeout: float) -> bool:
@@ -300,3 +335,98 @@ class RateLimitedNotice:
         self._next = now + self._interval
         count, self._count = self._count, 0
         return count
+
+
+#: Source addresses whose token buckets are remembered at once. An entry costs about 200
+#: bytes, so the table stays under ~3 MiB however many addresses a spoofed flood uses.
+MAX_DATAGRAM_SOURCES = 16_384
+
+
+class DatagramVerdict(enum.Enum):
+    """What to do with one received datagram."""
+
+    REPLY = "reply"  # send it back to where it came from
+    LOW_PORT = "low-port"  # drop: the source port is privileged (loop guard)
+    RATE_LIMITED = "rate-limited"  # drop: the source is over its reply rate
+
+
+class DatagramPolicy:
+    """The UDP rules: the loop guard and a per-source token bucket.
+
+    Call :meth:`check` with the source of every datagram received and send the
+    echo only when it returns :attr:`DatagramVerdict.REPLY`. Not thread-safe:
+    every model calls it from the one thread that reads its UDP sockets.
+
+    Loop guard
+        Replies never go to a source port below 1024 (unless
+        ``udp_allow_low_ports``): a datagram forged to come from another host's
+        echo or chargen port would otherwise bounce between the two services
+        forever (CVE-1999-0103).
+
+    Reflection limit
+        Each source address has a bucket of ``udp_burst_size`` tokens that
+        refills at ``udp_rate`` tokens per second; a reply costs one token, a
+        datagram finding the bucket empty is dropped. A victim whose address is
+        spoofed gets at most ``burst + rate x seconds`` replies.
+
+    Bounded memory
+        A bucket that has refilled completely is the same as no bucket, so it is
+        forgotten (least recently used first). When ``max_sources`` buckets are
+        all still in use, datagrams from *new* addresses are dropped as
+        rate-limited until one refills (at most ``burst / rate`` seconds): the
+        table never grows, and the limit fails closed rather than open.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        clock: Clock = time.monotonic,
+        max_sources: int = MAX_DATAGRAM_SOURCES,
+    ) -> None:
+        self._allow_low_ports = config.udp_allow_low_ports
+        self._rate = config.udp_rate
+        self._burst = float(config.udp_burst_size)
+        self._clock = clock
+        self._max_sources = max_sources
+        # source address -> (tokens left, clock time they were counted), oldest use first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def check(self, source: str, port: int) -> DatagramVerdict:
+        """The verdict for a datagram from ``source`` (an address, no port) and ``port``."""
+        if port < UDP_LOWEST_REPLY_PORT and not self._allow_low_ports:
+            return DatagramVerdict.LOW_PORT
+        if not self._rate:
+            return DatagramVerdict.REPLY
+        now = self._clock()
+        self._forget_refilled(now)
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= self._max_sources:
+                return DatagramVerdict.RATE_LIMITED
+            tokens = self._burst
+        else:
+            tokens = self._refilled(bucket, now)
+            self._buckets.move_to_end(source)
+        if tokens < 1.0:
+            self._buckets[source] = (tokens, now)
+            return DatagramVerdict.RATE_LIMITED
+        self._buckets[source] = (tokens - 1.0, now)
+        return DatagramVerdict.REPLY
+
+    @property
+    def tracked_sources(self) -> int:
+        """How many source addresses have a bucket now (bounded by ``max_sources``)."""
+        return len(self._buckets)
+
+    def _refilled(self, bucket: tuple[float, float], now: float) -> float:
+        tokens, counted_at = bucket
+        return min(self._burst, tokens + (now - counted_at) * self._rate)
+
+    def _forget_refilled(self, now: float) -> None:
+        # The least recently used buckets are at the front; drop them while they are full again.
+        # (A full bucket behind a not-yet-full one waits for its turn: the table stays bounded.)
+        while self._buckets:
+            source, bucket = next(iter(self._buckets.items()))
+            if self._refilled(bucket, now) < self._burst:
+                return
+            del self._buckets[source]

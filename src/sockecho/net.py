@@ -3,8 +3,10 @@
 ``open_listeners`` resolves the host with ``getaddrinfo`` and opens one listening
 socket per address it gives (``localhost`` → 127.0.0.1 and ::1), all on the same
 port. ``::`` is opened dual-stack (``IPV6_V6ONLY`` off), so one socket serves
-IPv4 and IPv6 clients. OS errors become :class:`~sockecho.errors.BindError` or
-:class:`~sockecho.errors.ResolveError` here, at the boundary.
+IPv4 and IPv6 clients. ``open_datagram_sockets`` does the same for UDP (socket →
+bind), on the port number the TCP listeners got. OS errors become
+:class:`~sockecho.errors.BindError` or :class:`~sockecho.errors.ResolveError`
+here, at the boundary.
 """
 
 from __future__ import annotations
@@ -118,6 +120,39 @@ def open_listeners(
                 sock.listen(backlog)
             except OSError as exc:
                 raise bind_error(exc, str(address[0]), int(address[1])) from None
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+#: The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); recvfrom() asks
+#: for 65535 so no datagram is ever cut short (socketserver.UDPServer cuts at 8192).
+MAX_DATAGRAM = 65507
+DATAGRAM_BUFFER = 65535
+
+
+def open_datagram_sockets(
+    host: str, port: int, socket_class: type[socket.socket] = socket.socket
+) -> list[socket.socket]:
+    """socket(SOCK_DGRAM) → bind() for every address of ``host``, all on ``port``.
+
+    Call it with the port the TCP listeners got (never 0), so UDP and TCP echo
+    share one port number. No SO_REUSEADDR: on UDP it would let a second server
+    bind the same port and silently share the datagrams.
+    """
+    opened: list[socket.socket] = []
+    try:
+        for family, sockaddr in resolve(host, port, socket.SOCK_DGRAM, passive=True):
+            sock = socket_class(family, socket.SOCK_DGRAM)
+            opened.append(sock)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise bind_error(exc, str(sockaddr[0]), int(sockaddr[1]), "udp") from None
     except BaseException:
         for sock in opened:
             sock.close()

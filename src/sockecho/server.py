@@ -62,6 +62,8 @@ class Server:
         self.model = make_model(config, calls)
         self.endpoints: list[str] = []
         self.addresses: list[tuple[str, int]] = []
+        #: (host, port) of each UDP socket (``udp=True``), in the order of ``addresses``
+        self.datagram_addresses: list[tuple[str, int]] = []
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self.stopped = threading.Event()
@@ -90,6 +92,10 @@ class Server:
         self.addresses = [
             (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
             for sock in self.model.listeners
+        ]
+        self.datagram_addresses = [
+            (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+            for sock in self.model.datagram_sockets
         ]
         self._thread = threading.Thread(
             target=self._run, name=f"sockecho-{self.config.model}", daemon=True

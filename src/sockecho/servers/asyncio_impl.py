@@ -22,6 +22,13 @@ Back-pressure
     marks; above the high mark asyncio calls ``pause_writing``, and we stop
     reading from that client until ``resume_writing``.
 
+UDP (``--udp``)
+    Each UDP socket becomes a datagram transport (``create_datagram_endpoint``
+    with ``sock=``); ``datagram_received`` asks the shared policy and hands the
+    echo to ``transport.sendto``. When the transport already holds more than
+    the high-water mark of unsent datagrams, the echo is dropped and counted
+    as an error instead of queued: memory stays bounded under a flood.
+
 What it costs and where it breaks
     One thread; per connection a transport and a protocol object (about 1.5 KiB
     RSS). One core of Python at most, as with every single-threaded loop.
@@ -31,9 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import socket
 import time
-from typing import Any
+from typing import Any, cast
 
+from sockecho import net
 from sockecho.config import ServerConfig
 from sockecho.core import EchoSession
 from sockecho.servers.base import (
@@ -103,6 +113,47 @@ class EchoProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:
             self.server.connection_lost(self, exc)
+
+
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    """One UDP socket: every datagram the policy allows goes back to its source whole."""
+
+    def __init__(self, server: AsyncioServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.transport: asyncio.DatagramTransport | None = None
+        self._send_error: OSError | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport has the interface but (before Python 3.12)
+        # not the base class.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: net.SockAddr) -> None:
+        transport = self.transport
+        if transport is None or not self.server.should_echo_datagram(addr):
+            return
+        # The selector and uvloop datagram transports both have it; typeshed does not know.
+        buffered: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        if buffered > self.server.config.high_water:
+            self.server.datagram_echoed(len(data), BlockingIOError("udp send buffer full"))
+            return
+        self._send_error = None
+        if data:
+            transport.sendto(data, addr)  # a failure to send now is reported in error_received
+        else:
+            # Python 3.11's selector transport silently drops an empty datagram; RFC 862
+            # echoes it like any other, so send it ourselves (it never has to wait).
+            try:
+                self.sock.sendto(data, addr)
+            except OSError as exc:
+                self._send_error = exc
+        self.server.datagram_echoed(len(data), self._send_error)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable and friends: the datagram is lost, the socket goes on.
+        if isinstance(exc, OSError):
+            self._send_error = exc
 
 
 class AsyncioServer(EchoServer):
@@ -196,12 +247,24 @@ class AsyncioServer(EchoServer):
             )
             for listener in self.listeners
         ]
+        datagram_transports = [
+            (
+                await self._loop.create_datagram_endpoint(
+                    functools.partial(EchoDatagramProtocol, self, sock),
+                    sock=sock,
+                )
+            )[0]
+            for sock in self.datagram_sockets
+        ]
+        self.datagram_sockets = []  # the transports own (and close) them now
         sweeper = asyncio.create_task(self._sweep_idle())
         try:
             await self._stop_requested.wait()
         finally:
             for server in servers:
                 server.close()  # stop accepting; open connections go on for the drain
+            for transport in datagram_transports:
+                transport.abort()  # unsent echoes are dropped: UDP promises no delivery
             self.listeners = []
             await self._drain()
             sweeper.cancel()

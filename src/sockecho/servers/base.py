@@ -7,13 +7,20 @@ A model subclasses :class:`EchoServer` and writes two methods:
 * ``wake()`` - make a blocked ``serve()`` look at ``self.stopping`` (thread-safe).
 
 Everything else (binding, admission limits, counters, the open/close log lines,
-classifying per-connection errors) is here or in :mod:`sockecho.core`, so a
+classifying per-connection errors, the UDP echo step) is here or in :mod:`sockecho.core`, so a
 model module reads as just its design.
 
 Stopping: ``request_stop()`` sets ``stopping``; the model closes its listeners at
 once (no new clients) and gives open connections up to ``drain_timeout`` seconds
 to finish their echoes, then closes the rest. A second ``request_stop()`` or
 ``graceful=False`` skips the drain.
+
+UDP (``--udp``): :meth:`EchoServer.open` also binds ``datagram_sockets`` on the
+listeners' port number; a model waits for them beside its listeners in its own
+style and calls :meth:`EchoServer.echo_datagrams` (or, with a transport,
+:meth:`EchoServer.should_echo_datagram` and :meth:`EchoServer.datagram_echoed`)
+when one is readable. :meth:`EchoServer.close_listeners` closes them with the
+listeners when a stop begins.
 """
 
 from __future__ import annotations
@@ -33,7 +40,15 @@ from typing import ClassVar
 
 from sockecho import net
 from sockecho.config import ServerConfig
-from sockecho.core import ConnectionGate, EchoSession, RateLimitedNotice, ServerStats
+from sockecho.core import (
+    ConnectionGate,
+    DatagramPolicy,
+    DatagramVerdict,
+    EchoSession,
+    RateLimitedNotice,
+    ServerStats,
+)
+from sockecho.errors import BindError
 
 #: accept() errors that mean "out of a resource", not "this client is bad": the listener
 #: stays, the model backs off for ACCEPT_BACKOFF seconds and tries again (as trio, asyncio
@@ -43,6 +58,12 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 ACCEPT_BACKOFF = 0.1
 #: Errors that end one connection in the ordinary course of things (peer reset or vanished).
 PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+#: Datagrams echoed per readiness event at most, so a UDP flood cannot starve TCP clients
+#: of the loop (the rest wait in the socket's receive buffer for the next turn).
+DATAGRAM_BATCH = 64
+#: Attempts at finding a port free for both TCP and UDP when the kernel picks it (port 0):
+#: the TCP port it gives may be taken for UDP by an unrelated socket.
+PORT_ATTEMPTS = 8
 
 log = logging.getLogger("sockecho.server")
 
@@ -108,19 +129,43 @@ class EchoServer(abc.ABC):
             config.connection_limit(self.connection_ceiling), config.max_per_source
         )
         self.listeners: list[socket.socket] = []
+        self.datagram_sockets: list[socket.socket] = []
+        self.datagram_policy = DatagramPolicy(config)
         self.stopping = False
         self.graceful = True
         self._rejections = RateLimitedNotice()
         self._capacity_notice = RateLimitedNotice()
+        self._datagram_drops = {
+            DatagramVerdict.LOW_PORT: RateLimitedNotice(),
+            DatagramVerdict.RATE_LIMITED: RateLimitedNotice(),
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> list[str]:
-        """Bind and listen on every address of the configured host; return the endpoint URLs."""
-        self.listeners = net.open_listeners(
-            self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
-        )
-        return [net.endpoint_url("tcp", sock) for sock in self.listeners]
+        """Bind and listen on every address of the configured host; return the endpoint URLs.
+
+        With ``udp`` the UDP sockets follow, on the port number the listeners got,
+        and their ``udp://`` URLs come after the ``tcp://`` ones.
+        """
+        for attempt in range(PORT_ATTEMPTS):
+            self.listeners = net.open_listeners(
+                self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
+            )
+            if not self.config.udp:
+                break
+            try:
+                self.datagram_sockets = net.open_datagram_sockets(
+                    self.config.host, self.listeners[0].getsockname()[1], self.calls.socket_class
+                )
+                break
+            except BindError:
+                self.close_listeners()
+                if self.config.port or attempt == PORT_ATTEMPTS - 1:
+                    raise  # a port the user chose: tell them; a picked one: try another
+        return [net.endpoint_url("tcp", sock) for sock in self.listeners] + [
+            net.endpoint_url("udp", sock) for sock in self.datagram_sockets
+        ]
 
     @abc.abstractmethod
     def serve(self) -> None:
@@ -139,10 +184,12 @@ class EchoServer(abc.ABC):
         self.wake()
 
     def close_listeners(self) -> None:
-        """Stop accepting: close every listening socket (new clients are refused by the kernel)."""
-        for sock in self.listeners:
+        """Stop accepting: close every listening socket (new clients are refused by the kernel)
+        and every UDP socket (datagrams are echoed until a stop begins, then dropped)."""
+        for sock in (*self.listeners, *self.datagram_sockets):
             sock.close()
         self.listeners = []
+        self.datagram_sockets = []
 
     def drain_deadline(self) -> float:
         """Monotonic time by which open connections must be closed after a stop."""
@@ -217,6 +264,55 @@ class EchoServer(abc.ABC):
         log.debug("accept: %s", describe_error(exc))
         return False
 
+    # -- UDP ---------------------------------------------------------------------------------
+
+    def echo_datagrams(self, sock: socket.socket) -> None:
+        """Echo the datagrams waiting on non-blocking UDP ``sock`` (at most DATAGRAM_BATCH).
+
+        Each is read whole (a 65535-byte buffer: nothing is cut short) and sent
+        back to its source when :class:`~sockecho.core.DatagramPolicy` allows it.
+        """
+        for _ in range(DATAGRAM_BATCH):
+            try:
+                data, addr = sock.recvfrom(net.DATAGRAM_BUFFER)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # an ICMP error queued by an earlier sendto (some systems)
+                log.debug("udp recvfrom: %s", describe_error(exc))
+                continue
+            if not self.should_echo_datagram(addr):
+                continue
+            try:
+                sock.sendto(data, addr)
+            except OSError as exc:  # unreachable, or the send buffer is full: UDP may drop
+                self.datagram_echoed(len(data), exc)
+            else:
+                self.datagram_echoed(len(data))
+
+    def should_echo_datagram(self, addr: net.SockAddr) -> bool:
+        """Whether a datagram from ``addr`` gets its echo; a drop is counted and logged."""
+        verdict = self.datagram_policy.check(net.source_of(addr), int(addr[1]))
+        if verdict is DatagramVerdict.REPLY:
+            return True
+        self.stats.datagram(verdict)
+        folded = self._datagram_drops[verdict].note()
+        if folded:
+            why = (
+                "from a source port below 1024 (loop guard; --udp-allow-low-ports allows them)"
+                if verdict is DatagramVerdict.LOW_PORT
+                else f"over --udp-rate {self.config.udp_rate:g}/s per source address"
+            )
+            log.warning(
+                "dropped %d datagram(s) %s, last from %s", folded, why, net.format_sockaddr(addr)
+            )
+        return False
+
+    def datagram_echoed(self, size: int, error: OSError | None = None) -> None:
+        """Count an echo of ``size`` bytes handed to the kernel, or its failure."""
+        if error is not None:
+            log.debug("udp sendto: %s", describe_error(error))
+        self.stats.datagram(DatagramVerdict.REPLY, size=size, error=error is not None)
+
 
 def describe_error(exc: BaseException) -> str:
     """``ConnectionResetError [ECONNRESET]``-style text for logs and traces."""
@@ -234,6 +330,10 @@ class BlockingModel(EchoServer):
     that a stop can shut down the ones still open when the drain time is over,
     which wakes whatever thread is blocked in their ``recv()``.
     """
+
+    #: Echo UDP datagrams in :meth:`next_client` while waiting for a client (iterative);
+    #: otherwise the model serves its UDP sockets elsewhere (threading: their own thread).
+    echo_datagrams_while_waiting: ClassVar[bool] = False
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
@@ -272,22 +372,33 @@ class BlockingModel(EchoServer):
                     conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
 
     def next_client(self) -> tuple[socket.socket, net.SockAddr] | None:
-        """Wait for a connection and accept it; None when stopping."""
+        """Wait for a connection and accept it; None when stopping.
+
+        With :attr:`echo_datagrams_while_waiting` (the iterative model), UDP
+        datagrams that arrive meanwhile are echoed here: its only chance to.
+        """
         if self._waiting is None:  # one selector for the server's life, not one per client
             self._waiting = self.calls.new_selector()
             for sock in self.listeners:
                 sock.setblocking(False)
                 self._waiting.register(sock, selectors.EVENT_READ)
+            if self.echo_datagrams_while_waiting:
+                for sock in self.datagram_sockets:
+                    sock.setblocking(False)
+                    self._waiting.register(sock, selectors.EVENT_READ)
             self._waiting.register(self._waker.reader, selectors.EVENT_READ)
         while not self.stopping:
             for key, _events in self._waiting.select():
                 if key.fileobj is self._waker.reader:
                     self._waker.drain()
                     continue
-                listener = key.fileobj
-                assert isinstance(listener, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                if ready.type == socket.SOCK_DGRAM:
+                    self.echo_datagrams(ready)
+                    continue
                 try:
-                    conn, addr = listener.accept()
+                    conn, addr = ready.accept()
                 except BlockingIOError:
                     continue  # the client already left
                 except OSError as exc:

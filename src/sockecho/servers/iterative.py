@@ -17,6 +17,12 @@ Where it breaks
     dropped and they wait in connect(). Nothing is lost: clients are served in
     the order they connected.
 
+UDP (``--udp``)
+    The UDP socket is watched beside the listeners while the thread waits for
+    the next client. While a TCP client is being served, datagrams wait in the
+    socket's receive buffer (and are dropped by the kernel when it is full):
+    by design, this model does one thing at a time.
+
 Lifecycle::
 
     socket() → bind() → listen() → ┌─> accept() ──> recv() ─> sendall() ─┐
@@ -33,6 +39,7 @@ from sockecho.servers.base import BlockingModel
 class IterativeServer(BlockingModel):
     name = "iterative"
     summary = "one client at a time: blocking accept(), serve it until it closes, then the next"
+    echo_datagrams_while_waiting = True
 
     def serve(self) -> None:
         try:

@@ -23,6 +23,10 @@ Partial writes
     client is slow to read). The rest stays in the session's pending echo, the
     socket goes on the *writers* list, and reading from that client pauses above
     the high-water mark so a client that never reads cannot grow the server.
+
+UDP (``--udp``)
+    The UDP sockets are on the *readers* list too; a readable one has
+    datagrams waiting, echoed at once (a datagram is sent whole or not at all).
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ class SelectServer(NonBlockingModel):
         return endpoints
 
     def serve(self) -> None:
-        for listener in self.listeners:
-            listener.setblocking(False)
+        for sock in (*self.listeners, *self.datagram_sockets):
+            sock.setblocking(False)
         self.run_loop(self._wait_once)
 
     def can_watch(self, conn: socket.socket) -> bool:
@@ -87,6 +91,7 @@ class SelectServer(NonBlockingModel):
         readers = (
             [*self.listeners, self._waker.reader] if self.accepting() else [self._waker.reader]
         )
+        readers += self.datagram_sockets
         readers += [conn for conn, session in self.sessions.items() if session.wants_read]
         writers = [conn for conn, session in self.sessions.items() if session.wants_write]
         readable, writable, _ = self.calls.select(readers, writers, [], timeout)
@@ -97,6 +102,8 @@ class SelectServer(NonBlockingModel):
                 self.on_readable(sock, self.sessions[sock])
             elif sock in self.listeners:
                 self.accept_ready(sock)
+            elif sock in self.datagram_sockets:
+                self.echo_datagrams(sock)
         for sock in writable:
             session = self.sessions.get(sock)  # it may have been closed a moment ago
             if session is not None:

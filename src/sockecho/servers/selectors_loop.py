@@ -13,6 +13,10 @@ Read and write interest
     always writable) and spin. Interest is changed only when it differs from
     what is registered, so a steady echo costs no ``epoll_ctl`` calls.
 
+UDP (``--udp``)
+    The UDP sockets are registered for reading once, beside the listeners;
+    a ready one has datagrams waiting, echoed at once.
+
 What it costs
     One thread; per connection a session object and a registration in the
     kernel (about 1-2 KiB of RSS all told). No ``FD_SETSIZE`` limit.
@@ -41,6 +45,9 @@ class SelectorsServer(NonBlockingModel):
         try:
             for listener in self.listeners:
                 listener.setblocking(False)
+            for sock in self.datagram_sockets:
+                sock.setblocking(False)
+                self._selector.register(sock, selectors.EVENT_READ)
             self._selector.register(self._waker.reader, selectors.EVENT_READ)
             self.run_loop(self._wait_once)
         finally:
@@ -67,6 +74,8 @@ class SelectorsServer(NonBlockingModel):
 
     def stop_accepting(self) -> None:
         self._listen(False)
+        for sock in self.datagram_sockets:
+            self._selector.unregister(sock)
         super().stop_accepting()
 
     def _listen(self, on: bool) -> None:
@@ -93,5 +102,7 @@ class SelectorsServer(NonBlockingModel):
                     self.on_writable(sock, session)
             elif sock is self._waker.reader:
                 self._waker.drain()
+            elif sock in self.datagram_sockets:
+                self.echo_datagrams(sock)
             elif self._listening and not self.accept_ready(sock):
                 self._listen(False)  # out of descriptors: epoll would report it ready again

@@ -16,20 +16,28 @@ Where it breaks
     20 KiB RSS each). ``--max-connections`` bounds them; past it new clients are
     closed at once.
 
+UDP (``--udp``)
+    One more thread waits on the UDP sockets (with ``selectors``, beside its
+    own wake-up pair for the stop) and echoes datagrams as they come, whatever
+    the TCP clients do.
+
 Lifecycle::
 
     main thread:    socket() → bind() → listen() → accept() ─┬─> accept() ─> ...
                                                              │
     client thread:                        recv() ⇄ sendall() ┘ ... close()
+    udp thread:     select() → recvfrom() → sendto() → select() ...
 """
 
 from __future__ import annotations
 
+import selectors
 import socket
 import threading
 
+from sockecho.config import ServerConfig
 from sockecho.core import EchoSession
-from sockecho.servers.base import BlockingModel
+from sockecho.servers.base import BlockingModel, SocketCalls, Waker
 
 #: Bytes of stack per connection thread; echo needs a few KiB, so 256 KiB is ample.
 THREAD_STACK_SIZE = 256 * 1024
@@ -39,8 +47,24 @@ class ThreadingServer(BlockingModel):
     name = "threading"
     summary = "a thread per connection, each blocking in recv()/sendall()"
 
+    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
+        super().__init__(config, calls)
+        self._datagram_waker = Waker() if config.udp else None
+        self._serving = True
+
+    def wake(self) -> None:
+        super().wake()
+        if self._datagram_waker is not None:
+            self._datagram_waker.wake()
+
     def serve(self) -> None:
         previous = threading.stack_size(THREAD_STACK_SIZE)
+        datagram_thread = None
+        if self._datagram_waker is not None:
+            datagram_thread = threading.Thread(
+                target=self._serve_datagrams, name="sockecho-udp", daemon=True
+            )
+            datagram_thread.start()
         try:
             while not self.stopping:
                 accepted = self.next_client()
@@ -52,7 +76,28 @@ class ThreadingServer(BlockingModel):
                     self._start_thread(conn, session)
         finally:
             threading.stack_size(previous)
+            if datagram_thread is not None and self._datagram_waker is not None:
+                self._serving = False  # also when serve() ends on an error, not a stop
+                self._datagram_waker.wake()
+                datagram_thread.join()
+                self._datagram_waker.close()
             self.wait_closed()  # every client thread untracks its socket as it ends
+
+    def _serve_datagrams(self) -> None:
+        """The UDP thread: wait for datagrams and echo them until a stop."""
+        assert self._datagram_waker is not None
+        with self.calls.new_selector() as waiting:
+            for sock in self.datagram_sockets:
+                sock.setblocking(False)
+                waiting.register(sock, selectors.EVENT_READ)
+            waiting.register(self._datagram_waker.reader, selectors.EVENT_READ)
+            while self._serving and not self.stopping:
+                for key, _events in waiting.select():
+                    if key.fileobj is self._datagram_waker.reader:
+                        self._datagram_waker.drain()
+                    else:
+                        assert isinstance(key.fileobj, socket.socket)
+                        self.echo_datagrams(key.fileobj)
 
     def _start_thread(self, conn: socket.socket, session: EchoSession) -> None:
         worker = threading.Thread(
