@@ -253,6 +253,27 @@ def test_every_listen_call_uses_the_configured_backlog(model: str) -> None:
     assert all(c.args.endswith(", 64") for c in listens), listens
 
 
+def test_udp_datagrams_are_narrated(model: str) -> None:
+    out = io.StringIO()
+    config = ServerConfig(model=model, port=0, udp=True, drain_timeout=1.0)
+    with Server(config, calls=traced_calls(Tracer("server", out, color=False))) as srv:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(WAIT)
+            sock.sendto(b"hola\n", srv.datagram_addresses[0])
+            assert sock.recvfrom(100)[0] == b"hola\n"
+            client = f"127.0.0.1:{sock.getsockname()[1]}"
+            client_tuple = f"('127.0.0.1', {sock.getsockname()[1]})"
+        assert srv.stats.wait_for(lambda s: s.datagrams_echoed == 1, WAIT)
+    script = Script(parse(out.getvalue()))
+    created = script.expect(lambda c: c.args == "AF_INET, SOCK_DGRAM", "the UDP socket")
+    fd = fd_in(created.result)
+    received = script.expect(lambda c: c.name.startswith("recvfrom"), "the datagram")
+    assert received.args.startswith(f"fd {fd}, ")
+    assert received.result == f"5 bytes b'hola\\n' from {client}"
+    sent = script.expect(lambda c: c.name == "sendto", "the echo")
+    assert (sent.args, sent.result) == (f"fd {fd}, 5 bytes, {client_tuple}", "5 bytes")
+
+
 def test_a_server_without_trace_uses_the_plain_standard_library(model: str) -> None:
     with Server(model=model, port=0) as srv:
         assert srv.model.calls == SocketCalls(

@@ -20,6 +20,8 @@ How it works
     narrated from ``accept`` to ``close``. asyncio runs its event loop on a
     :class:`TracedSelector`, and its transports call ``recv_into``/``send`` on
     the same TracedSockets, so the asyncio model is narrated by the same code.
+    UDP sockets (``--udp``) come through the same seam; ``recvfrom``/``sendto``
+    are narrated with the peer's address.
 
 Blocking calls
     Before a call that can wait (``accept``, ``connect``, ``recv``, a readiness
@@ -321,6 +323,32 @@ class TracedSocket(socket.socket):
             lambda: super(TracedSocket, self).recv_into(buffer, nbytes, flags),
             lambda count: _received(view.cast("B")[:count]),
             wait="waits for bytes from the peer",
+        )
+
+    def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
+        return self._run(
+            f"recvfrom(fd {self.fileno()}, {bufsize})",
+            lambda: super(TracedSocket, self).recvfrom(bufsize, flags),
+            lambda pair: f"{_received(pair[0])} from {format_sockaddr(pair[1])}",
+            wait="waits for a datagram",
+        )
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
+        view = memoryview(buffer)
+        return self._run(
+            f"recvfrom_into(fd {self.fileno()}, {nbytes or view.nbytes})",
+            lambda: super(TracedSocket, self).recvfrom_into(buffer, nbytes, flags),
+            lambda pair: f"{_received(view.cast('B')[: pair[0]])} from {format_sockaddr(pair[1])}",
+            wait="waits for a datagram",
+        )
+
+    def sendto(self, *args: Any) -> int:
+        data, address = args[0], args[-1]  # sendto(data, address) or (data, flags, address)
+        size = memoryview(data).nbytes
+        return self._run(
+            f"sendto(fd {self.fileno()}, {size} bytes, {address!r})",
+            lambda: super(TracedSocket, self).sendto(*args),
+            lambda sent: _sent(sent, size),
         )
 
     def send(self, data: Any, flags: int = 0, /) -> int:
