@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from sockecho.bench.load import ERROR_KINDS
 from sockecho.bench.report import SCHEMA, BenchResult
 from sockecho.cli import main
 from sockecho.errors import ConnectError
+from tests.conftest import REPO, WAIT, require_tool
 from tests.faulty_peers import (
     TcpPeer,
     UdpPeer,
@@ -231,3 +235,28 @@ def test_bad_arguments_are_usage_errors(
         main(["bench", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
+    require_tool("gcc")
+    out = tmp_path / "results"
+    argv = [str(REPO / "benchmarks" / "run"), "--quick", "--duration", "0.1", "--warmup", "0.05"]
+    argv += ["--models", "asyncio", "--scenarios", "1x64B", "--no-idle", "--no-generator"]
+    done = subprocess.run(
+        [*argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "benchmarks.json").read_text())
+    rows = report["scenarios"]["1x64B"]
+    assert {"sockecho asyncio", "C epoll", "asyncio Protocol", "ThreadingTCPServer"} <= set(rows)
+    for row in rows.values():
+        assert row["errors"] == 0
+        assert row["round_trips"] > 0
+        assert row["cpu_us_per_rt"] > 0
+    assert "| sockecho asyncio |" in (out / "benchmarks.md").read_text()
+    assert (out / "benchmarks.png").read_bytes().startswith(PNG_MAGIC)
