@@ -392,3 +392,35 @@ def test_epoll_descriptor_is_announced_and_closed() -> None:
     calls = parse(out.getvalue())
     assert [c.name for c in calls] == ["epoll_create", "close"]
     assert calls[1].args == f"fd {fd_in(calls[0].result)}"
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_ping_trace_narrates_each_probe(udp: bool) -> None:
+    with Server(model="selectors", port=0, udp=udp) as srv:
+        port = srv.address[1]
+        done = run_cli(
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.05",
+            "--trace",
+            *(["--udp"] if udp else []),
+            f"127.0.0.1:{port}",
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().count(f"56 bytes from 127.0.0.1:{port}: seq=") == 2
+    script = Script(parse(done.stderr.decode()))
+    kind = "SOCK_DGRAM" if udp else "SOCK_STREAM"
+    fd = fd_in(script.expect(lambda c: c.args == f"AF_INET, {kind}", "socket()").result)
+    connected = script.expect(lambda c: c.name == "connect", "connect()")
+    assert connected.result == (
+        "default peer set (a UDP connect sends nothing)" if udp else "connected"
+    )
+    for _probe in range(2):
+        sent = script.expect(lambda c: c.name in ("send", "sendall"), "a probe")
+        assert sent.args == f"fd {fd}, 56 bytes"
+        echoed = script.expect(lambda c: c.name == "recv", "its echo")
+        assert echoed.result is not None
+        assert echoed.result.startswith("56 bytes ")
+    script.expect(lambda c: c.name == "close" and c.args == f"fd {fd}", "close()")

@@ -233,7 +233,7 @@ class TracedSocket(socket.socket):
         timeout = self.gettimeout()
         if timeout == 0.0:
             return None
-        return f"blocks: {why}" if timeout is None else f"blocks up to {timeout:g} s: {why}"
+        return f"blocks: {why}" if timeout is None else f"blocks up to {timeout:.3g} s: {why}"
 
     def _run(
         self,
@@ -266,7 +266,8 @@ class TracedSocket(socket.socket):
         self._run(call, lambda: super(TracedSocket, self).setblocking(flag), _nothing)
 
     def settimeout(self, value: float | None, /) -> None:
-        call = f"settimeout(fd {self.fileno()}, {value})"
+        shown = value if value is None else round(value, 3)  # a computed deadline: ms is enough
+        call = f"settimeout(fd {self.fileno()}, {shown})"
         self._run(call, lambda: super(TracedSocket, self).settimeout(value), _nothing)
 
     def bind(self, address: Any, /) -> None:
@@ -301,6 +302,9 @@ class TracedSocket(socket.socket):
 
     def connect(self, address: Any, /) -> None:
         call = f"connect(fd {self.fileno()}, {address!r})"
+        if self.type != socket.SOCK_STREAM:  # UDP: no handshake, only a default peer
+            self._run(call, lambda: super(TracedSocket, self).connect(address), _peer_set)
+            return
         self._run(
             call,
             lambda: super(TracedSocket, self).connect(address),
@@ -308,12 +312,19 @@ class TracedSocket(socket.socket):
             wait="the three-way handshake",
         )
 
+    def _waits_for(self) -> str:
+        return (
+            "waits for bytes from the peer"
+            if self.type == socket.SOCK_STREAM
+            else ("waits for a datagram")
+        )
+
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
         return self._run(
             f"recv(fd {self.fileno()}, {bufsize})",
             lambda: super(TracedSocket, self).recv(bufsize, flags),
-            _received,
-            wait="waits for bytes from the peer",
+            lambda data: _received(data, self.type == socket.SOCK_STREAM),
+            wait=self._waits_for(),
         )
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -321,15 +332,15 @@ class TracedSocket(socket.socket):
         return self._run(
             f"recv_into(fd {self.fileno()}, {nbytes or view.nbytes})",
             lambda: super(TracedSocket, self).recv_into(buffer, nbytes, flags),
-            lambda count: _received(view.cast("B")[:count]),
-            wait="waits for bytes from the peer",
+            lambda count: _received(view.cast("B")[:count], self.type == socket.SOCK_STREAM),
+            wait=self._waits_for(),
         )
 
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
         return self._run(
             f"recvfrom(fd {self.fileno()}, {bufsize})",
             lambda: super(TracedSocket, self).recvfrom(bufsize, flags),
-            lambda pair: f"{_received(pair[0])} from {format_sockaddr(pair[1])}",
+            lambda pair: f"{_received(pair[0], False)} from {format_sockaddr(pair[1])}",
             wait="waits for a datagram",
         )
 
@@ -387,9 +398,13 @@ def _nothing(_: object) -> None:
     return None
 
 
-def _received(data: bytes | memoryview) -> str:
+def _peer_set(_: None) -> str:
+    return "default peer set (a UDP connect sends nothing)"
+
+
+def _received(data: bytes | memoryview, stream: bool = True) -> str:
     if not data:
-        return "0 bytes: b'' (peer closed its side)"
+        return "0 bytes: b'' (peer closed its side)" if stream else "0 bytes (an empty datagram)"
     return f"{len(data)} bytes {preview(data)}"
 
 
