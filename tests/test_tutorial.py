@@ -226,7 +226,7 @@ def test_tutorial_block_runs_as_shown(block: Block) -> None:
     try:
         for command in block.commands:
             text = command.text
-            if re.search(r"sockecho (serve|send)|examples/", text):
+            if re.search(r"sockecho (serve|send|bench|ping)|examples/", text):
                 assert DOC_PORT in text, f"{block}: {text!r} must name port {DOC_PORT}"
             if command.background:
                 server = Background(text.removesuffix(" &").replace(DOC_PORT, "0"), env)
