@@ -250,7 +250,10 @@ class AsyncioServer(EchoServer):
         if self.stopping:  # asked to stop before the loop existed
             self._stop_requested.set()
         servers = [
-            await self._loop.create_server(lambda: EchoProtocol(self), sock=listener)
+            # backlog: create_server() calls listen() again, with 100 unless told otherwise.
+            await self._loop.create_server(
+                lambda: EchoProtocol(self), sock=listener, backlog=self.config.backlog
+            )
             for listener in self.listeners
         ]
         datagram_transports = [

@@ -201,7 +201,11 @@ class EchoServer(abc.ABC):
         """Decide about a freshly accepted client at ``addr``: a session to serve, or None
         when a limit is reached or the server is stopping (then close the socket at once)."""
         source = net.source_of(addr)
-        if self.stopping or not self.gate.admit(source):
+        if self.stopping:
+            self.stats.rejected()
+            log.debug("refused %s: the server is stopping", net.format_sockaddr(addr))
+            return None
+        if not self.gate.admit(source):
             self.stats.rejected()
             folded = self._rejections.note()
             if folded:
