@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,7 +18,7 @@ from sockecho.errors import ConfigError
 from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly, recv_until_eof
 
 #: Seconds: short, so the tests are quick, but well above the time one echo takes.
-IDLE_TIMEOUT = 0.3
+IDLE_TIMEOUT = 0.5
 
 
 def echo_once(sock: socket.socket, message: bytes = b"ping") -> bytes:
@@ -34,11 +35,10 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 
 @pytest.fixture
-def idle_server(model: str) -> Server:
-    srv = Server(ServerConfig(model=model, port=0, idle_timeout=IDLE_TIMEOUT, drain_timeout=0.5))
-    srv.start()
-    yield srv  # type: ignore[misc]
-    srv.stop(timeout=WAIT)
+def idle_server(model: str) -> Iterator[Server]:
+    config = ServerConfig(model=model, port=0, idle_timeout=IDLE_TIMEOUT, drain_timeout=0.5)
+    with Server(config) as srv:
+        yield srv
 
 
 def test_silent_client_is_closed_after_the_idle_timeout_and_counted(idle_server: Server) -> None:
@@ -65,12 +65,12 @@ def test_client_that_stops_reading_is_idle_too(idle_server: Server) -> None:
     assert idle_server.snapshot().connections_active == 0
 
 
-def test_client_active_for_three_idle_timeouts_stays_open(idle_server: Server) -> None:
+def test_client_active_for_two_idle_timeouts_stays_open(idle_server: Server) -> None:
     with connect(idle_server.address) as sock:
-        until = time.monotonic() + 3 * IDLE_TIMEOUT
-        while time.monotonic() < until:  # traffic every fifth of the timeout
+        until = time.monotonic() + 2 * IDLE_TIMEOUT
+        while time.monotonic() < until:  # traffic every tenth of the timeout
             assert echo_once(sock, b".") == b"."
-            time.sleep(IDLE_TIMEOUT / 5)  # pacing the traffic, not waiting for the server
+            time.sleep(IDLE_TIMEOUT / 10)  # pacing the traffic, not waiting for the server
         assert echo_once(sock, b"still open") == b"still open"
     assert idle_server.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
     assert idle_server.snapshot().idle_closed == 0
