@@ -122,3 +122,20 @@ def test_select_model_defaults_to_its_ceiling_of_1000_and_refuses_more() -> None
     assert ServerConfig().connection_limit(MODELS["selectors"].connection_ceiling) == 10_000
     with pytest.raises(ConfigError, match="ceiling of 1000"):
         Server(ServerConfig(model="select", port=0, max_connections=1001))
+
+
+@pytest.mark.parametrize("model", CONCURRENT_MODELS)
+def test_max_per_source_on_a_dual_stack_socket_limits_ipv4_clients_and_spares_ipv6_ones(
+    model: str,
+) -> None:
+    config = ServerConfig(model=model, host="::", port=0, max_per_source=1, drain_timeout=0.5)
+    with Server(config) as srv:
+        port = srv.address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as mine:
+            assert echo_once(mine) == b"ping"
+            # The same host through an IPv4-mapped IPv6 address is the same source.
+            with socket.create_connection(("::ffff:127.0.0.1", port), timeout=WAIT) as mapped:
+                assert closed_by_server(mapped)
+            with socket.create_connection(("::1", port), timeout=WAIT) as other:
+                assert echo_once(other) == b"ping"  # ::1 is another source
+    assert srv.snapshot().connections_rejected == 1
