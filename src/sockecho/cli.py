@@ -12,13 +12,14 @@ import argparse
 import enum
 import inspect
 import logging
+import os
 import signal
 import socket
 import sys
 import textwrap
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sockecho import __version__, client
 from sockecho.config import (
@@ -28,6 +29,8 @@ from sockecho.config import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
     DEFAULT_UDP_RATE,
+    MAX_BACKLOG,
+    MAX_SECONDS,
     UDP_BURST_SECONDS,
     ServerConfig,
 )
@@ -61,33 +64,39 @@ def port_number(text: str) -> int:
     return port
 
 
-def positive_int(text: str) -> int:
+#: The largest count any option takes (connections, requests, backlog...): a C int.
+MAX_COUNT = 2**31 - 1
+
+
+def _bounded(text: str, parse: type[int] | type[float], low: float, high: float, what: str) -> Any:
+    """Parse ``text`` as ``what`` within [low, high]; NaN and infinities are rejected."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not low <= value <= high:  # NaN compares false: rejected too
+        raise argparse.ArgumentTypeError(f"{text} is out of range {low:g}-{high:g}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value: int = _bounded(text, int, 1, MAX_COUNT, "a whole number")
     return value
 
 
 def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or a positive number")
+    value: float = _bounded(text, float, 0, float(MAX_COUNT), "a number")
     return value
 
 
 def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more seconds")
+    """0 up to MAX_SECONDS (a year): larger values overflow the kernel's timeouts."""
+    value: float = _bounded(text, float, 0, MAX_SECONDS, "a number of seconds")
+    return value
+
+
+def backlog_size(text: str) -> int:
+    value: int = _bounded(text, int, 1, MAX_BACKLOG, "a whole number")
     return value
 
 
@@ -141,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_address_arguments(serve, listening=True)
     serve.add_argument(
         "--backlog",
-        type=positive_int,
+        type=backlog_size,
         default=DEFAULT_BACKLOG,
         help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
     )
@@ -374,11 +383,19 @@ def run_send(args: argparse.Namespace) -> int:
     timeout = args.timeout or None
     tracer = tracer_for(args, "client")
     socket_class = tracer.socket_class() if tracer else socket.socket
+    if sys.stdout is None or (not args.message and sys.stdin is None):
+        raise SockechoError("standard input or output is closed", "run it with both open")
     if args.message:
-        message = (" ".join(args.message) + "\n").encode()
+        # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
+        message = os.fsencode(" ".join(args.message)) + b"\n"
         reply = client.echo(message, args.host, args.port, timeout, socket_class=socket_class)
-        sys.stdout.buffer.write(reply)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(reply)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise client.OutputError(f"cannot write the echo: {exc.strerror or exc}") from None
     else:
         client.stream(
             sys.stdin.buffer,
@@ -412,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("interrupted")
     except Exception as exc:  # no traceback ever reaches a user; -v logs it
         log.debug("unexpected error", exc_info=True)
-        return fail(f"unexpected {type(exc).__name__}: {exc} (please report this; -v shows more)")
+        return fail(f"unexpected {type(exc).__name__}: {exc} (please report this)")
     return code
 
 
