@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from sockecho import cli, net
+from sockecho.core import StatsSnapshot
 from tests.conftest import WAIT, ServeProcess, connect, recv_exactly, run_cli
 
 
@@ -270,3 +271,24 @@ def test_send_passes_words_that_are_not_utf8_through_as_bytes(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"caf\xe9\n"
+
+
+def test_stop_summary_counts_served_refused_and_dropped() -> None:
+    snapshot = StatsSnapshot(
+        connections_accepted=1,
+        connections_active=0,
+        connections_closed=1,
+        connections_rejected=3,
+        connection_errors=0,
+        idle_closed=0,
+        bytes_echoed=2,
+        datagrams_received=5,
+        datagrams_echoed=1,
+        datagrams_dropped_low_port=1,
+        datagrams_dropped_rate=3,
+        datagram_errors=0,
+    )
+    assert cli.summarize(snapshot) == (
+        "1 connection served, 2 bytes echoed, 3 connections refused, "
+        "1 datagram echoed, 4 datagrams dropped"
+    )

@@ -34,6 +34,7 @@ from sockecho.config import (
     UDP_BURST_SECONDS,
     ServerConfig,
 )
+from sockecho.core import StatsSnapshot
 from sockecho.errors import ConfigError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
@@ -361,13 +362,29 @@ def run_serve(args: argparse.Namespace) -> int:
         sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
-    snapshot = server.snapshot()
-    log.info(
-        "stopped: %d connections served, %d bytes echoed",
-        snapshot.connections_accepted,
-        snapshot.bytes_echoed,
-    )
+    log.info("stopped: %s", summarize(server.snapshot()))
     return ExitCode.OK
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def summarize(snapshot: StatsSnapshot) -> str:
+    """The stop line's totals: what was served, and what was refused or dropped (the
+    rate-limited warnings may have folded the last few of those)."""
+    parts = [
+        f"{plural(snapshot.connections_accepted, 'connection')} served",
+        f"{plural(snapshot.bytes_echoed, 'byte')} echoed",
+    ]
+    if snapshot.connections_rejected:
+        parts.append(f"{plural(snapshot.connections_rejected, 'connection')} refused")
+    if snapshot.datagrams_received:
+        parts.append(f"{plural(snapshot.datagrams_echoed, 'datagram')} echoed")
+    dropped = snapshot.datagrams_dropped_low_port + snapshot.datagrams_dropped_rate
+    if dropped:
+        parts.append(f"{plural(dropped, 'datagram')} dropped")
+    return ", ".join(parts)
 
 
 def run_models(args: argparse.Namespace) -> int:
