@@ -1,8 +1,11 @@
 """The documentation against the code: cheap checks that fail when the docs rot.
 
-* every ``sockecho serve``/``send`` option the README names exists in the parser, and every
-  option the parser has is in the README's reference tables, with its real default;
-* the ready line and the exit codes the README documents are the ones ``cli.py`` uses;
+* every ``sockecho serve``/``send`` option that the README, docs/models.md or
+  docs/architecture.md names exists in the parser, and every option the parser has is in the
+  README's reference tables, with its real default;
+* every subcommand is in the README's synopsis, and serve/send/models have their sections;
+* the ready line and the exit codes the README documents are the ones ``cli.py`` uses, and its
+  ``-v`` transcript shows today's settings;
 * every model in the registry has its section in docs/models.md;
 * the README's Python example runs and prints what the README says it prints;
 * relative links in the docs point to files that exist.
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sockecho import MODELS, cli
+from sockecho import MODELS, ServerConfig, cli
 from tests.conftest import REPO, WAIT
 
 README = REPO / "README.md"
@@ -30,9 +33,10 @@ ANNOUNCED_DOCS = {
     "docs/measuring.md",
     "docs/tutorial.md",
     "docs/tutorial.es.md",
-    "docs/security.md",
     "docs/PERFORMANCE.md",
 }
+#: Subcommands the README documents in full; the others (bench, ping) have their own docs.
+README_COMMANDS = ("serve", "send", "models")
 OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
 
 
@@ -88,10 +92,11 @@ def command_lines(text: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("command", ["serve", "send"])
-def test_every_option_the_readme_mentions_exists(command: str) -> None:
+def test_every_option_the_docs_mention_exists(command: str) -> None:
     known = options_of(subcommands()[command])
-    invocations = [args for name, args in command_lines(README.read_text()) if name == command]
-    assert invocations, f"the README never shows 'sockecho {command}'"
+    texts = [doc.read_text() for doc in (README, MODELS_DOC, ARCHITECTURE_DOC)]
+    invocations = [args for text in texts for name, args in command_lines(text) if name == command]
+    assert invocations, f"the docs never show 'sockecho {command}'"
     mentioned = {option for args in invocations for option in OPTION.findall(args)}
     mentioned |= set(reference_table(command))
     assert mentioned - set(known) == set(), f"options the parser of {command} does not have"
@@ -109,6 +114,18 @@ def test_every_option_is_in_the_readme_reference_with_its_default(command: str) 
         assert f"`{shown}`" in table[option], f"{option}: the README's default is not {shown}"
 
 
+def test_every_subcommand_is_in_the_readme_synopsis_and_its_own_have_sections() -> None:
+    text = README.read_text()
+    synopsis = section(text, "## Command-line reference").split("```")[1]
+    for command in subcommands():
+        assert f"\nsockecho {command} " in synopsis or f"\nsockecho {command}\n" in synopsis, (
+            command
+        )
+    headings = text.splitlines()
+    for command in README_COMMANDS:
+        assert f"### `sockecho {command}`" in headings, f"no README section for {command}"
+
+
 def test_readme_documents_the_ready_line_and_the_exit_codes() -> None:
     text = README.read_text()
     assert cli.READY_LINE.format(endpoint="tcp://127.0.0.1:50010") in text
@@ -116,6 +133,11 @@ def test_readme_documents_the_ready_line_and_the_exit_codes() -> None:
     codes = section(text, "### Exit codes and errors")
     for code in cli.ExitCode:
         assert f"\n| {code.value} |" in codes, f"exit code {code.value} is not documented"
+
+
+def test_readme_verbose_transcript_shows_the_current_settings() -> None:
+    # The -v example is a pasted transcript of `sockecho serve -v`: re-run it when settings change.
+    assert f"starting the asyncio model with {ServerConfig()!r}" in README.read_text()
 
 
 def test_every_model_has_its_section_and_column_in_models_md() -> None:
@@ -151,13 +173,25 @@ def test_readme_python_example_runs_and_prints_what_the_readme_shows() -> None:
     ]
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown text."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if match := re.match(r"#+ (.*)", line):
+            title = re.sub(r"[^\w\- ]", "", match.group(1).lower())
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
 @pytest.mark.parametrize("doc", [README, MODELS_DOC, ARCHITECTURE_DOC], ids=lambda p: p.name)
-def test_relative_links_point_to_existing_files(doc: Path) -> None:
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+def test_relative_links_point_to_existing_files_and_headings(doc: Path) -> None:
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", doc.read_text()):
         if "://" in target:
             continue
-        path = (doc.parent / target).resolve()
+        path = (doc.parent / target).resolve() if target else doc
         relative = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else target
         if relative in ANNOUNCED_DOCS and not path.exists():
             continue
         assert path.exists(), f"{doc.name} links to {target}, which does not exist"
+        if anchor:
+            assert anchor in heading_anchors(path.read_text()), f"{doc.name}: no #{anchor}"

@@ -178,7 +178,11 @@ class AsyncioServer(EchoServer):
     def connection_made(
         self, protocol: EchoProtocol, transport: asyncio.Transport
     ) -> EchoSession | None:
-        session = self.admit(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
+        if peer is None:  # getpeername() failed: the client reset before we got to it
+            transport.abort()
+            return None
+        session = self.admit(peer)
         if session is None:
             transport.abort()
         else:
@@ -246,7 +250,10 @@ class AsyncioServer(EchoServer):
         if self.stopping:  # asked to stop before the loop existed
             self._stop_requested.set()
         servers = [
-            await self._loop.create_server(lambda: EchoProtocol(self), sock=listener)
+            # backlog: create_server() calls listen() again, with 100 unless told otherwise.
+            await self._loop.create_server(
+                lambda: EchoProtocol(self), sock=listener, backlog=self.config.backlog
+            )
             for listener in self.listeners
         ]
         datagram_transports = [
@@ -293,6 +300,8 @@ class AsyncioServer(EchoServer):
             await asyncio.sleep(interval)
             now = time.monotonic()
             for protocol, session in list(self._protocols.items()):
-                if session.is_idle(now) and protocol.transport is not None:
+                transport = protocol.transport
+                unsent = net.kernel_unsent(transport.get_extra_info("socket")) if transport else 0
+                if session.is_idle(now, unsent) and protocol.transport is not None:
                     self._idle_closed.add(protocol)
                     protocol.transport.abort()

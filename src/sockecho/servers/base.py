@@ -191,6 +191,11 @@ class EchoServer(abc.ABC):
         self.listeners = []
         self.datagram_sockets = []
 
+    def abandon(self) -> None:
+        """Release what the constructor and :meth:`open` acquired, for a model whose
+        ``serve()`` will never run (``open()`` failed). Subclasses close their own extras."""
+        self.close_listeners()
+
     def drain_deadline(self) -> float:
         """Monotonic time by which open connections must be closed after a stop."""
         return time.monotonic() + (self.config.drain_timeout if self.graceful else 0.0)
@@ -201,7 +206,11 @@ class EchoServer(abc.ABC):
         """Decide about a freshly accepted client at ``addr``: a session to serve, or None
         when a limit is reached or the server is stopping (then close the socket at once)."""
         source = net.source_of(addr)
-        if self.stopping or not self.gate.admit(source):
+        if self.stopping:
+            self.stats.rejected()
+            log.debug("refused %s: the server is stopping", net.format_sockaddr(addr))
+            return None
+        if not self.gate.admit(source):
             self.stats.rejected()
             folded = self._rejections.note()
             if folded:
@@ -364,6 +373,10 @@ class BlockingModel(EchoServer):
             self._expiry.daemon = True
             self._expiry.start()
 
+    def abandon(self) -> None:
+        super().abandon()
+        self._waker.close()
+
     def _shutdown_open(self) -> None:
         with self._open_changed:
             self._drain_over = True
@@ -493,6 +506,10 @@ class NonBlockingModel(EchoServer):
     def wake(self) -> None:
         self._waker.wake()
 
+    def abandon(self) -> None:
+        super().abandon()
+        self._waker.close()
+
     def accept_ready(self, listener: socket.socket) -> bool:
         """Accept every waiting client; False when out of descriptors (then back off:
         do not watch the listeners until ``accept_paused_until``)."""
@@ -513,7 +530,7 @@ class NonBlockingModel(EchoServer):
             if session is not None:
                 conn.setblocking(False)
                 self.sessions[conn] = session
-                self.watch(conn, session)
+                self.watch_or_drop(conn, session)
 
     def can_watch(self, conn: socket.socket) -> bool:
         """Whether this loop can wait on ``conn`` (the select model says no at FD_SETSIZE)."""
@@ -577,7 +594,15 @@ class NonBlockingModel(EchoServer):
         if session.finished:
             self.drop(conn, session)
         else:
+            self.watch_or_drop(conn, session)
+
+    def watch_or_drop(self, conn: socket.socket, session: EchoSession) -> None:
+        """:meth:`watch`, ending only this connection if the kernel refuses (epoll_ctl can
+        fail with ENOMEM, or ENOSPC past fs.epoll.max_user_watches)."""
+        try:
             self.watch(conn, session)
+        except OSError as exc:
+            self.drop(conn, session, exc)
 
     def drop(
         self,
@@ -600,7 +625,7 @@ class NonBlockingModel(EchoServer):
     def sweep_idle(self) -> None:
         now = time.monotonic()
         for conn, session in list(self.sessions.items()):
-            if session.is_idle(now):
+            if session.is_idle(now, net.kernel_unsent(conn)):
                 self.drop(conn, session, idle=True)
 
     def next_timeout(self, next_sweep: float, drain_until: float | None) -> float:
