@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import ssl
 import struct
 import subprocess
@@ -287,3 +288,33 @@ def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
         assert row["cpu_us_per_rt"] > 0
     assert "| sockecho asyncio |" in (out / "benchmarks.md").read_text()
     assert (out / "benchmarks.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_live_progress_only_on_a_terminal(asyncio_server: Server) -> None:
+    port = str(asyncio_server.address[1])
+    argv = [sys.executable, "-m", "sockecho", "bench", "--port", port, "-d", "1", "--warmup", "0"]
+    controller, terminal = pty.openpty()
+    try:
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=terminal, env={**os.environ, "COLUMNS": "100"}
+        ) as proc:
+            os.close(terminal)
+            shown = bytearray()
+            while True:  # read until the child closes its end of the terminal
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            out, _ = proc.communicate(timeout=WAIT)
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0
+    assert b"round trips" in shown  # the live line, on the terminal (stderr)
+    assert b"errors" in shown
+    assert b"latency p99" in out  # the table, on stdout
+    piped = subprocess.run(argv, capture_output=True, timeout=WAIT, check=False)
+    assert piped.returncode == 0
+    assert piped.stderr == b""  # no terminal: no progress at all
