@@ -12,7 +12,9 @@ import io
 import re
 import select
 import selectors
+import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from sockecho import Server, ServerConfig
+from sockecho.client import echo
 from sockecho.servers.base import SocketCalls
 from sockecho.trace import (
     PREVIEW_BYTES,
@@ -424,3 +427,72 @@ def test_ping_trace_narrates_each_probe(udp: bool) -> None:
         assert echoed.result is not None
         assert echoed.result.startswith("56 bytes ")
     script.expect(lambda c: c.name == "close" and c.args == f"fd {fd}", "close()")
+
+
+class ReaderGone(io.StringIO):
+    """A trace stream whose reader leaves after ``lines`` lines (``2>&1 | head -3``)."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.lines_left = lines
+
+    def write(self, text: str) -> int:
+        if self.lines_left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines_left -= text.count("\n")
+        return super().write(text)
+
+
+def test_a_trace_reader_that_goes_away_stops_the_trace_not_the_server(
+    model: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = ReaderGone(lines=3)
+    config = ServerConfig(model=model, port=0, drain_timeout=1.0)
+    with Server(config, calls=traced_calls(Tracer("server", stream, color=False))) as srv:
+        for _ in range(3):
+            with connect(srv.address) as sock:
+                sock.sendall(b"hola\n")
+                assert recv_exactly(sock, 5) == b"hola\n"
+        assert srv.stats.wait_for(lambda s: s.connections_closed == 3, WAIT)
+    assert len(stream.getvalue().splitlines()) == 3
+    stopped = [r for r in caplog.records if r.getMessage().startswith("--trace stopped")]
+    assert len(stopped) == 1, caplog.text
+    assert "BrokenPipeError [EPIPE]" in stopped[0].getMessage()
+
+
+def test_a_trace_reader_that_goes_away_does_not_break_the_client() -> None:
+    stream = ReaderGone(lines=1)
+    with Server(model="selectors", port=0) as srv:
+        socket_class = traced_socket_class(Tracer("client", stream, color=False))
+        reply = echo(b"hola\n", *srv.address, WAIT, socket_class=socket_class)
+    assert reply == b"hola\n"
+    assert stream.getvalue().startswith("client  socket(")
+
+
+def test_serve_trace_keeps_serving_after_its_stderr_reader_left() -> None:
+    """``sockecho serve --trace 2>&1 | head``: the server outlives the pipe's reader."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockecho", "serve", "--trace", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends with the process, if it never gets ready
+            if line.startswith("listening on tcp://"):
+                port = int(line.rsplit(":", 1)[1])
+                break
+        else:
+            pytest.fail(f"no ready line; exit code {proc.wait(WAIT)}")
+        proc.stderr.close()  # the reader goes away; the next trace line meets EPIPE
+        for _ in range(2):
+            with connect(("127.0.0.1", port)) as sock:
+                sock.sendall(b"hola\n")
+                assert recv_exactly(sock, 5) == b"hola\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)

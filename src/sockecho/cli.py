@@ -9,6 +9,7 @@ exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import inspect
 import logging
@@ -347,9 +348,11 @@ def run_serve(args: argparse.Namespace) -> int:
         signal.signal(signum, on_signal)
     for endpoint in server.start():
         # One write, not print()'s two: the serving thread (its log, --trace) writes to
-        # stderr too, and must not land between the line and its newline.
-        sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
-        sys.stderr.flush()
+        # stderr too, and must not land between the line and its newline. A reader that
+        # went away (``2>&1 | head -3``) takes the output with it, not the server.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+            sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
     snapshot = server.snapshot()

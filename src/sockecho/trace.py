@@ -54,12 +54,16 @@ Output
     One whole line per write under a lock, so threads (the threading model, the
     client's sender thread) never interleave mid-line. Colour (rich) when the
     stream is a terminal and ``NO_COLOR`` is unset; plain text otherwise.
-    Payloads are previewed up to :data:`PREVIEW_BYTES` bytes.
+    Payloads are previewed up to :data:`PREVIEW_BYTES` bytes. When a write to
+    the stream fails (its reader went away: ``serve --trace 2>&1 | head -3``),
+    tracing stops for good with one warning in the log, and the socket call
+    being narrated completes as if untraced: tracing never breaks the program.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import selectors
@@ -76,6 +80,8 @@ from sockecho.net import format_sockaddr
 from sockecho.servers.base import SocketCalls, describe_error
 
 T = TypeVar("T")
+
+log = logging.getLogger("sockecho.trace")
 
 #: Bytes of payload shown in a trace line; enough to recognise a short message.
 PREVIEW_BYTES = 20
@@ -161,7 +167,9 @@ class Tracer:
     def __init__(self, role: str, stream: TextIO | None = None, *, color: bool | None = None):
         self.role = role
         self.stream = stream if stream is not None else sys.stderr
-        self._lock = threading.Lock()
+        #: False once a write to ``stream`` failed (its reader went away): tracing stopped.
+        self.enabled = True
+        self._lock = threading.RLock()
         self._console: Console | None = None
         if wants_color(self.stream) if color is None else color:
             self._console = Console(
@@ -200,14 +208,23 @@ class Tracer:
     def _write(self, call: str, tail: str, kind: str) -> None:
         prefix = f"{self.role:<6}  "
         with self._lock:
-            if self._console is None:
-                self.stream.write(f"{prefix}{call}{tail}\n".rstrip() + "\n")
-                self.stream.flush()
+            if not self.enabled:
                 return
-            line = Text(prefix, style="cyan" if self.role == "server" else "magenta")
-            line.append(call, style="bold")
-            line.append(tail.rstrip(), style=self._STYLES[kind])
-            self._console.print(line)
+            try:
+                if self._console is None:
+                    self.stream.write(f"{prefix}{call}{tail}\n".rstrip() + "\n")
+                    self.stream.flush()
+                    return
+                line = Text(prefix, style="cyan" if self.role == "server" else "magenta")
+                line.append(call, style="bold")
+                line.append(tail.rstrip(), style=self._STYLES[kind])
+                self._console.print(line)
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                # The reader went away (``| head``, a closed terminal). The trace is for
+                # watching; the program must go on: stop narrating, once, and let the
+                # socket call that was being narrated complete as if untraced.
+                self.enabled = False
+                log.warning("--trace stopped: cannot write the trace (%s)", describe_error(exc))
 
 
 class TracedSocket(socket.socket):
