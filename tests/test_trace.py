@@ -35,9 +35,10 @@ from sockecho.trace import (
 )
 from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly, reset, run_cli
 
-#: One trace line: ``role  name(args)``, then `` ...  (why)`` or `` -> result`` or nothing.
+#: One trace line: ``role  [thread] name(args)``, then `` ...  (why)`` or `` -> result`` or
+#: nothing; the ``[thread]`` tag is there when another thread was blocked in a call meanwhile.
 LINE = re.compile(
-    r"^(?P<role>\S+)  (?P<name>[\w.]+)\((?P<args>.*?)\)"
+    r"^(?P<role>\S+)  (?:\[(?P<thread>[^\]]+)\] )?(?P<name>[\w.]+)\((?P<args>.*?)\)"
     r"(?:(?P<waiting> \.\.\.) +\((?P<why>blocks.*)\)| +-> (?P<result>.*))?$"
 )
 
@@ -49,6 +50,7 @@ class Call:
     args: str
     result: str | None
     waiting: bool
+    thread: str | None = None
 
 
 def parse(text: str) -> list[Call]:
@@ -63,6 +65,7 @@ def parse(text: str) -> list[Call]:
                 match["args"],
                 match["result"],
                 match["waiting"] is not None,
+                match["thread"],
             )
         )
     return calls
@@ -173,7 +176,8 @@ def test_trace_narrates_the_whole_server_lifecycle_in_order(
         )
     else:  # blocking models: the recv itself waits, and says so first
         script.expect(lambda c: c.name == "settimeout" and c.args == f"fd {conn}, 300.0", "idle")
-        waiting = [c for c in calls[script.position :] if c.waiting]
+        # (threading: the serving thread's next epoll_wait may be announced first)
+        waiting = [c for c in calls[script.position :] if c.waiting and c.name != "epoll_wait"]
         assert waiting[0].name == "recv"
         assert waiting[0].args == f"fd {conn}, 65536"
     received = script.expect(
@@ -496,3 +500,56 @@ def test_serve_trace_keeps_serving_after_its_stderr_reader_left() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(WAIT)
+
+
+def test_a_stop_from_another_thread_is_narrated_in_the_order_it_happened(
+    monkeypatch: pytest.MonkeyPatch, trace_stream: io.StringIO
+) -> None:
+    """The stop's ``shutdown(SHUT_RD)`` comes before the ``close`` it leads to, tagged with
+    the thread that made it, and the ``accept`` it fails says why.
+
+    The real shutdown returns, then the test holds the stopping thread until the serving
+    thread has closed the listener (or 0.5 s): a trace written after the call, outside
+    the tracer's lock, would show ``close`` first.
+    """
+    closed = threading.Event()
+    waiting = threading.Event()
+    listener_close = "close(fd ?)"  # known once the server has opened its listener
+
+    class WatchedTrace(io.StringIO):
+        def write(self, text: str) -> int:
+            if "epoll_wait(no timeout) ..." in text:
+                waiting.set()
+            if listener_close in text:
+                closed.set()
+            return super().write(text)
+
+    stream = WatchedTrace()
+    real_shutdown = socket.socket.shutdown
+
+    def shutdown_then_linger(sock: socket.socket, how: int) -> None:
+        real_shutdown(sock, how)
+        if how == socket.SHUT_RD:
+            closed.wait(0.5)  # never set with the fix: the serving thread waits for the lock
+
+    monkeypatch.setattr(socket.socket, "shutdown", shutdown_then_linger)
+    tracer = Tracer("server", stream, color=False)
+    srv = Server(ServerConfig(model="iterative", port=0), calls=traced_calls(tracer))
+    srv.start()
+    listener = srv.model.listeners[0].fileno()
+    listener_close = f"close(fd {listener})"
+    assert waiting.wait(WAIT)  # the serving thread waits for a client: stop it from here
+    srv.stop()
+    calls = parse(stream.getvalue())
+    names = [(c.name, c.args) for c in calls]
+    assert names.index(("shutdown", f"fd {listener}, SHUT_RD")) < names.index(
+        ("close", f"fd {listener}")
+    ), stream.getvalue()
+    stop = next(c for c in calls if c.name == "shutdown")
+    assert stop.thread == threading.current_thread().name
+    assert all(c.thread is None for c in calls if c.name != "shutdown")
+    for failed in (c for c in calls if c.name == "accept"):
+        assert failed.result == (
+            "OSError [EINVAL] (the socket is not listening any more: "
+            "a stop shut it down to refuse clients)"
+        )

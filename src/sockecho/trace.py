@@ -35,6 +35,27 @@ Blocking calls
     when the call returns. Non-blocking calls get one line. ``sendall`` waits
     only when the peer does not read; it is shown once it returns.
 
+Threads
+    A stop comes from another thread (the CLI's signal handler, the drain
+    timer ``sockecho-drain-timer``), and the threading model serves each client
+    in its own thread. Two rules keep the narration honest about that:
+
+    * a call that cannot wait (``shutdown``, ``close``, ``setsockopt``, an
+      ``epoll_ctl``, anything on a non-blocking socket...) runs and writes its
+      line under the tracer's lock, so its line is where the call really
+      happened among all the others: the stop's ``shutdown(fd 5, SHUT_RD)``
+      comes before the ``close(fd 5)`` it leads to. (Calls that can wait do
+      not hold the lock: their result line is written when they return, and a
+      line of another thread may land between the return and its line.)
+    * a line written while another thread is blocked in a call carries its
+      thread's name, ``server  [MainThread] shutdown(fd 5, SHUT_RD)``: it ran
+      concurrently with that wait.
+
+    At a stop, the blocking models' listeners are shut down (``SHUT_RD``) so the
+    kernel refuses new clients; an ``accept`` racing with that fails with
+    ``EINVAL``, and its line says so.
+
+
 What is not shown
     ``getsockname``/``getpeername``/``fileno`` (bookkeeping, not lifecycle), and
     sockets the program makes outside the seam: a model's internal wake-up
@@ -62,6 +83,7 @@ Output
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -70,7 +92,7 @@ import selectors
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, TextIO, TypeVar
 
 from rich.console import Console
@@ -98,6 +120,10 @@ ERRNO_MEANINGS: dict[int, str] = {
     errno.ENOTCONN: "the socket is not connected",
     errno.ECONNABORTED: "the client left before accept()",
     errno.EMFILE: "out of file descriptors",
+}
+#: Meanings that depend on the call: the same errno says something else elsewhere.
+ACCEPT_MEANINGS: dict[int, str] = {
+    errno.EINVAL: "the socket is not listening any more: a stop shut it down to refuse clients",
 }
 
 _SOCKOPT_NAMES: dict[tuple[int, int], str] = {
@@ -141,11 +167,12 @@ def preview(data: bytes | bytearray | memoryview) -> str:
     return repr(head) + ("..." if len(data) > PREVIEW_BYTES else "")
 
 
-def describe_failure(exc: BaseException) -> str:
-    """``ConnectionResetError [ECONNRESET] (the peer reset the connection)``."""
+def describe_failure(exc: BaseException, meanings: Mapping[int, str] | None = None) -> str:
+    """``ConnectionResetError [ECONNRESET] (the peer reset the connection)``; ``meanings``
+    (errno: text) overrides :data:`ERRNO_MEANINGS` for one call."""
     text = describe_error(exc)
     if isinstance(exc, OSError):
-        meaning = ERRNO_MEANINGS.get(exc.errno or 0)
+        meaning = (meanings or {}).get(exc.errno or 0) or ERRNO_MEANINGS.get(exc.errno or 0)
         if meaning is None and exc.errno is None and exc.args:
             meaning = str(exc.args[0])  # socket timeouts: "timed out"
         if meaning:
@@ -169,7 +196,9 @@ class Tracer:
         self.stream = stream if stream is not None else sys.stderr
         #: False once a write to ``stream`` failed (its reader went away): tracing stopped.
         self.enabled = True
+        # Reentrant: a call narrated under atomic() writes its line under the same lock.
         self._lock = threading.RLock()
+        self._waiting_threads: dict[int, int] = {}  # thread id: calls it is blocked in
         self._console: Console | None = None
         if wants_color(self.stream) if color is None else color:
             self._console = Console(
@@ -195,8 +224,36 @@ class Tracer:
         """``call`` is about to block; said before it, so a stalled program shows where."""
         self._write(f"{call + ' ...':<{CALL_WIDTH}}", f"   ({why})", "waiting")
 
-    def failed(self, call: str, exc: BaseException) -> None:
-        self._write(f"{call:<{CALL_WIDTH}}", f" -> {describe_failure(exc)}", "error")
+    def failed(
+        self, call: str, exc: BaseException, meanings: Mapping[int, str] | None = None
+    ) -> None:
+        self._write(f"{call:<{CALL_WIDTH}}", f" -> {describe_failure(exc, meanings)}", "error")
+
+    def atomic(self) -> contextlib.AbstractContextManager[object]:
+        """Hold around a call that cannot wait and its line: no other thread's line (or
+        call narrated the same way) can come between, so lines are in the calls' order."""
+        return self._lock
+
+    @contextlib.contextmanager
+    def blocked(self) -> Iterator[None]:
+        """Around a call announced by :meth:`waiting`: while it waits, lines written by
+        other threads carry their thread's name (they run concurrently with it)."""
+        me = threading.get_ident()
+        with self._lock:
+            self._waiting_threads[me] = self._waiting_threads.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting_threads[me] -= 1
+                if not self._waiting_threads[me]:
+                    del self._waiting_threads[me]
+
+    def _thread_tag(self) -> str:
+        me = threading.get_ident()
+        if any(ident != me for ident in self._waiting_threads):
+            return f"[{threading.current_thread().name}] "
+        return ""
 
     _STYLES: ClassVar[dict[str, str]] = {
         "call": "",
@@ -210,6 +267,7 @@ class Tracer:
         with self._lock:
             if not self.enabled:
                 return
+            prefix += self._thread_tag()
             try:
                 if self._console is None:
                     self.stream.write(f"{prefix}{call}{tail}\n".rstrip() + "\n")
@@ -266,13 +324,40 @@ class TracedSocket(socket.socket):
         run: Callable[[], T],
         describe: Callable[[T], str | None],
         wait: str | None = None,
+        *,
+        sends: bool = False,
+        meanings: Mapping[int, str] | None = None,
     ) -> T:
-        if wait is not None and (why := self._blocking_why(wait)) is not None:
-            self.tracer.waiting(call, why)
+        """Run the real call and narrate it.
+
+        A call that may wait (``wait``: why) on a blocking socket is announced
+        first and reported when it returns. A send on a blocking socket waits
+        only when the peer does not read, so it is reported when it returns.
+        Every other call cannot wait: it runs and is reported under the
+        tracer's lock, so a stop made from another thread (``shutdown``,
+        ``close``) shows in the order it really happened.
+        """
+        blocking = self.gettimeout() != 0.0
+        if wait is not None and blocking:
+            self.tracer.waiting(call, self._blocking_why(wait) or "")
+            with self.tracer.blocked():
+                return self._report(call, run, describe, meanings)
+        if sends and blocking:
+            return self._report(call, run, describe, meanings)
+        with self.tracer.atomic():
+            return self._report(call, run, describe, meanings)
+
+    def _report(
+        self,
+        call: str,
+        run: Callable[[], T],
+        describe: Callable[[T], str | None],
+        meanings: Mapping[int, str] | None,
+    ) -> T:
         try:
             result = run()
         except OSError as exc:
-            self.tracer.failed(call, exc)
+            self.tracer.failed(call, exc, meanings)
             raise
         self.tracer.returned(call, describe(result))
         return result
@@ -323,6 +408,7 @@ class TracedSocket(socket.socket):
             accept_traced,
             lambda pair: f"fd {pair[0].fileno()}, peer {format_sockaddr(pair[1])}",
             wait="a passive socket waits for a client",
+            meanings=ACCEPT_MEANINGS,
         )
 
     def connect(self, address: Any, /) -> None:
@@ -385,6 +471,7 @@ class TracedSocket(socket.socket):
             f"sendto(fd {self.fileno()}, {size} bytes, {address!r})",
             lambda: super(TracedSocket, self).sendto(*args),
             lambda sent: _sent(sent, size),
+            sends=True,
         )
 
     def send(self, data: Any, flags: int = 0, /) -> int:
@@ -393,11 +480,14 @@ class TracedSocket(socket.socket):
             f"send(fd {self.fileno()}, {size} bytes)",
             lambda: super(TracedSocket, self).send(data, flags),
             lambda sent: _sent(sent, size),
+            sends=True,
         )
 
     def sendall(self, data: Any, flags: int = 0, /) -> None:
         call = f"sendall(fd {self.fileno()}, {memoryview(data).nbytes} bytes)"
-        self._run(call, lambda: super(TracedSocket, self).sendall(data, flags), _nothing)
+        self._run(
+            call, lambda: super(TracedSocket, self).sendall(data, flags), _nothing, sends=True
+        )
 
     def sendmsg(self, *args: Any) -> int:
         size = sum(memoryview(buffer).nbytes for buffer in args[0])
@@ -406,6 +496,7 @@ class TracedSocket(socket.socket):
             f"sendmsg(fd {self.fileno()}, {size} bytes)",
             lambda: super(TracedSocket, self).sendmsg(*args),
             lambda sent: _sent(sent, size),
+            sends=True,
         )
 
     def shutdown(self, how: int, /) -> None:
@@ -413,10 +504,11 @@ class TracedSocket(socket.socket):
         self._run(call, lambda: super(TracedSocket, self).shutdown(how), _nothing)
 
     def close(self) -> None:
-        fd = self.fileno()
-        super().close()
-        if fd != -1 and self.fileno() == -1:  # really closed (not a second close, no makefile)
-            self.tracer.returned(f"close(fd {fd})")
+        with self.tracer.atomic():  # no SO_LINGER timeout is ever set: close() does not wait
+            fd = self.fileno()
+            super().close()
+            if fd != -1 and self.fileno() == -1:  # really closed (not a second, no makefile)
+                self.tracer.returned(f"close(fd {fd})")
 
 
 def _nothing(_: object) -> None:
@@ -484,19 +576,25 @@ def traced_select(tracer: Tracer) -> SelectFunction:
     ) -> tuple[list[socket.socket], list[socket.socket], list[socket.socket]]:
         shown_timeout = "None" if timeout is None else f"{timeout:.2f}"
         call = f"select({_fds(readers)}, {_fds(writers)}, {_fds(errors)}, {shown_timeout})"
-        if timeout is None or timeout > 0:
+        waits = timeout is None or timeout > 0
+        if waits:
             tracer.waiting(call, "blocks: waits until a socket in the lists is ready")
-        try:
-            readable, writable, failed = select.select(readers, writers, errors, timeout)
-        except OSError as exc:
-            tracer.failed(call, exc)
-            raise
-        parts = [
-            f"{name} {_fds(ready)}"
-            for name, ready in (("readable", readable), ("writable", writable), ("error", failed))
-            if ready
-        ]
-        tracer.returned(call, ", ".join(parts) or "nothing ready (timeout)")
+        with tracer.blocked() if waits else tracer.atomic():
+            try:
+                readable, writable, failed = select.select(readers, writers, errors, timeout)
+            except OSError as exc:
+                tracer.failed(call, exc)
+                raise
+            parts = [
+                f"{name} {_fds(ready)}"
+                for name, ready in (
+                    ("readable", readable),
+                    ("writable", writable),
+                    ("error", failed),
+                )
+                if ready
+            ]
+            tracer.returned(call, ", ".join(parts) or "nothing ready (timeout)")
         return readable, writable, failed
 
     return traced
@@ -532,30 +630,40 @@ class TracedSelector(selectors.BaseSelector):
         self.tracer.returned(f"{self._ctl_call}({op}, fd {fd_of(fileobj)}{shown})")
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        key = self.selector.register(fileobj, events, data)
-        self._ctl("ADD", fileobj, events)
+        with self.tracer.atomic():
+            key = self.selector.register(fileobj, events, data)
+            self._ctl("ADD", fileobj, events)
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
         fd = fd_of(fileobj)  # before: a closed socket has no descriptor any more
-        key = self.selector.unregister(fileobj)
-        self._ctl("DEL", fd, None)
+        with self.tracer.atomic():
+            key = self.selector.unregister(fileobj)
+            self._ctl("DEL", fd, None)
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        key = self.selector.modify(fileobj, events, data)
-        self._ctl("MOD", fileobj, events)
+        with self.tracer.atomic():
+            key = self.selector.modify(fileobj, events, data)
+            self._ctl("MOD", fileobj, events)
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         call = f"{self._wait_call}({_timeout_text(timeout)})"
-        if timeout is None or timeout > 0:
+        waits = timeout is None or timeout > 0
+        if waits:
             self.tracer.waiting(call, "blocks: waits until a registered socket is ready")
-        try:
-            ready = self.selector.select(timeout)
-        except OSError as exc:
-            self.tracer.failed(call, exc)
-            raise
+        with self.tracer.blocked() if waits else self.tracer.atomic():
+            try:
+                ready = self.selector.select(timeout)
+            except OSError as exc:
+                self.tracer.failed(call, exc)
+                raise
+            self.tracer.returned(call, self._describe_ready(ready))
+        return ready
+
+    @staticmethod
+    def _describe_ready(ready: list[tuple[selectors.SelectorKey, int]]) -> str:
         described = [
             f"fd {key.fd} "
             + "+".join(
@@ -568,8 +676,7 @@ class TracedSelector(selectors.BaseSelector):
             )
             for key, events in ready
         ]
-        self.tracer.returned(call, ", ".join(described) or "nothing ready (timeout)")
-        return ready
+        return ", ".join(described) or "nothing ready (timeout)"
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
         return self.selector.get_key(fileobj)
@@ -578,10 +685,11 @@ class TracedSelector(selectors.BaseSelector):
         return self.selector.get_map()
 
     def close(self) -> None:
-        self.selector.close()
-        if self._fd is not None:
-            self.tracer.returned(f"close(fd {self._fd})")
-            self._fd = None
+        with self.tracer.atomic():
+            self.selector.close()
+            if self._fd is not None:
+                self.tracer.returned(f"close(fd {self._fd})")
+                self._fd = None
 
 
 def traced_calls(tracer: Tracer) -> SocketCalls:

@@ -366,6 +366,7 @@ class BlockingModel(EchoServer):
                 max(0.0, deadline - time.monotonic()), self._shutdown_open
             )
             self._expiry.daemon = True
+            self._expiry.name = "sockecho-drain-timer"  # as --trace names it
             self._expiry.start()
 
     def _shutdown_open(self) -> None:
