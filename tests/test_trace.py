@@ -553,3 +553,54 @@ def test_a_stop_from_another_thread_is_narrated_in_the_order_it_happened(
             "OSError [EINVAL] (the socket is not listening any more: "
             "a stop shut it down to refuse clients)"
         )
+
+
+def test_asyncio_polls_that_find_nothing_are_folded_and_counted(
+    trace_stream: io.StringIO,
+) -> None:
+    tracer = Tracer("server", trace_stream, color=False)
+    with Server(ServerConfig(model="asyncio", port=0), calls=traced_calls(tracer)) as srv:
+        run_session(srv)
+    calls = parse(trace_stream.getvalue())
+    polls = [c for c in calls if c.name == "epoll_wait" and c.args == "timeout 0.00"]
+    assert polls
+    folded = 0
+    for poll in polls:
+        assert poll.result is not None
+        assert poll.result != "nothing ready (timeout)"  # one line per empty poll: a flood
+        match = re.fullmatch(
+            r"nothing ready, (\d+) times? \(polls that do not wait, folded since the last "
+            r"wait shown\)",
+            poll.result,
+        )
+        if match:
+            folded += int(match[1])
+        else:
+            assert "readable" in poll.result or "writable" in poll.result, poll
+    assert folded > 0  # asyncio does poll with timeout 0; the count says how often
+
+
+def test_folded_polls_are_reported_before_the_next_wait_and_at_close() -> None:
+    out = io.StringIO()
+    left, right = socket.socketpair()
+    with left, right:
+        selector = TracedSelector(Tracer("server", out, color=False))
+        selector.register(left, selectors.EVENT_READ)
+        for _ in range(3):
+            assert selector.select(0) == []
+        right.sendall(b"x")
+        assert len(selector.select(WAIT)) == 1
+        assert selector.select(0) != []  # a poll that finds something is shown
+        left.recv(1)
+        assert selector.select(0) == []
+        fd = left.fileno()
+        selector.close()
+    waits = [(c.args, c.result) for c in parse(out.getvalue()) if c.name == "epoll_wait"]
+    folded = "nothing ready, {} (polls that do not wait, folded since the last wait shown)"
+    assert waits == [
+        ("timeout 0.00", folded.format("3 times")),
+        (f"timeout {WAIT:.2f}", None),  # the announcement: ``epoll_wait(timeout 20.00) ...``
+        (f"timeout {WAIT:.2f}", f"fd {fd} readable"),
+        ("timeout 0.00", f"fd {fd} readable"),
+        ("timeout 0.00", folded.format("1 time")),  # reported when the selector closes
+    ]

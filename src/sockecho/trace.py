@@ -55,6 +55,13 @@ Threads
     kernel refuses new clients; an ``accept`` racing with that fails with
     ``EINVAL``, and its line says so.
 
+Folded polls
+    A readiness wait with timeout 0 that finds nothing is not a line of its
+    own: asyncio polls like that whenever callbacks are ready, several times
+    per echo. They are counted, and one line reports the count before the next
+    wait shown (and when the selector closes):
+    ``epoll_wait(timeout 0.00) -> nothing ready, 2 times (polls that do not
+    wait, folded since the last wait shown)``.
 
 What is not shown
     ``getsockname``/``getpeername``/``fileno`` (bookkeeping, not lifecycle), and
@@ -622,6 +629,10 @@ class TracedSelector(selectors.BaseSelector):
         )
         fileno = getattr(self.selector, "fileno", None)
         self._fd: int | None = fileno() if fileno is not None else None
+        # Zero-timeout waits that found nothing, not yet reported: asyncio polls like this
+        # whenever callbacks are ready, several times per echo; a line each would drown
+        # the calls that matter.
+        self._folded_polls = 0
         if self._fd is not None:
             self.tracer.returned(f"{create}()", f"fd {self._fd}")
 
@@ -652,15 +663,31 @@ class TracedSelector(selectors.BaseSelector):
         call = f"{self._wait_call}({_timeout_text(timeout)})"
         waits = timeout is None or timeout > 0
         if waits:
+            self._report_folded()
             self.tracer.waiting(call, "blocks: waits until a registered socket is ready")
         with self.tracer.blocked() if waits else self.tracer.atomic():
             try:
                 ready = self.selector.select(timeout)
             except OSError as exc:
+                self._report_folded()
                 self.tracer.failed(call, exc)
                 raise
+            if not waits and not ready:
+                self._folded_polls += 1
+                return ready
+            self._report_folded()
             self.tracer.returned(call, self._describe_ready(ready))
         return ready
+
+    def _report_folded(self) -> None:
+        """One line for the zero-timeout waits that found nothing since the last wait shown."""
+        if self._folded_polls:
+            count, self._folded_polls = self._folded_polls, 0
+            self.tracer.returned(
+                f"{self._wait_call}({_timeout_text(0)})",
+                f"nothing ready, {count} time{'s' if count > 1 else ''} "
+                "(polls that do not wait, folded since the last wait shown)",
+            )
 
     @staticmethod
     def _describe_ready(ready: list[tuple[selectors.SelectorKey, int]]) -> str:
@@ -686,6 +713,7 @@ class TracedSelector(selectors.BaseSelector):
 
     def close(self) -> None:
         with self.tracer.atomic():
+            self._report_folded()
             self.selector.close()
             if self._fd is not None:
                 self.tracer.returned(f"close(fd {self._fd})")
