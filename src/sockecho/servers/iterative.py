@@ -26,6 +26,12 @@ Where it breaks
     dropped and they wait in connect(). Nothing is lost: clients are served in
     the order they connected.
 
+Stopping
+    A stop shuts the listeners down (``shutdown(SHUT_RD)``) at once, even while
+    a client is being served: a client that connects afterwards is refused
+    (``ECONNREFUSED``), and clients still queued in the backlog are reset
+    (``ECONNRESET``). The client being served gets the drain time to finish.
+
 UDP (``--udp``)
     The UDP socket is watched beside the listeners while the thread waits for
     the next client. While a TCP client is being served, datagrams wait in the
