@@ -263,7 +263,9 @@ def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
 
 
 def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
-    udp = parser.add_argument_group("UDP echo (see docs/udp-tls.md)")
+    udp = parser.add_argument_group(
+        "UDP echo (limits: docs/security.md, section 6; per model: docs/models.md)"
+    )
     udp.add_argument(
         "--udp",
         action="store_true",
@@ -295,7 +297,9 @@ def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true", help="only the ready line and errors")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="only the ready line, warnings and errors"
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="debug detail")
 
 
