@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from sockecho import cli, net
+from sockecho import Server, cli, net
 from sockecho.core import StatsSnapshot
 from tests.conftest import (
     WAIT,
@@ -103,6 +103,32 @@ def test_quiet_still_prints_warnings(serve_process: type[ServeProcess]) -> None:
     assert not [line for line in srv.stderr_lines if " open 127.0.0.1:" in line]
     usage = run_cli("serve", "--help").stdout.decode()
     assert "only the ready line, warnings and errors" in " ".join(usage.split())
+
+
+def test_ctrl_c_during_send_exits_1_saying_interrupted() -> None:
+    server = Server(model="selectors", port=0)
+    server.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockecho", "send", "--port", str(server.address[1])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(b"hola\n")
+        proc.stdin.flush()
+        assert proc.stdout.read(5) == b"hola\n"  # streaming: stdin stays open
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+        server.stop()
+    assert proc.returncode == 1
+    assert stderr == b"sockecho: error: interrupted\n"
 
 
 def test_port_in_use_exits_1_with_one_line() -> None:
