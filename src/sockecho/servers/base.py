@@ -629,7 +629,7 @@ class NonBlockingModel(EchoServer):
     def sweep_idle(self) -> None:
         now = time.monotonic()
         for conn, session in list(self.sessions.items()):
-            if session.is_idle(now):
+            if session.is_idle(now, net.kernel_unsent(conn)):
                 self.drop(conn, session, idle=True)
 
     def next_timeout(self, next_sweep: float, drain_until: float | None) -> float:
