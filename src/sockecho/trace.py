@@ -70,7 +70,7 @@ What is not shown
     descriptors in the readiness waits.
 
 Cost
-    Tracing costs a line of formatting and a write per call: about 20-30 µs
+    Tracing costs a line of formatting and a write per call: about 20-35 µs
     of server CPU per echo instead of 7-10 (``benchmarks/models_at_a_glance.py``),
     so it is for watching, not for benchmarks. When it is off nothing of this
     module runs (the CLI imports it only for ``--trace``): the models get the
