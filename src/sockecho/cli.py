@@ -9,6 +9,7 @@ exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import inspect
 import logging
@@ -262,7 +263,9 @@ def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
 
 
 def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
-    udp = parser.add_argument_group("UDP echo (see docs/udp-tls.md)")
+    udp = parser.add_argument_group(
+        "UDP echo (limits: docs/security.md, section 6; per model: docs/models.md)"
+    )
     udp.add_argument(
         "--udp",
         action="store_true",
@@ -294,7 +297,9 @@ def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true", help="only the ready line and errors")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="only the ready line, warnings and errors"
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="debug detail")
 
 
@@ -357,9 +362,11 @@ def run_serve(args: argparse.Namespace) -> int:
         signal.signal(signum, on_signal)
     for endpoint in server.start():
         # One write, not print()'s two: the serving thread (its log, --trace) writes to
-        # stderr too, and must not land between the line and its newline.
-        sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
-        sys.stderr.flush()
+        # stderr too, and must not land between the line and its newline. A reader that
+        # went away (``2>&1 | head -3``) takes the output with it, not the server.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+            sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
     log.info("stopped: %s", summarize(server.snapshot()))

@@ -87,7 +87,7 @@ class SocketCalls:
 
 
 class Waker:
-    """A socketpair that wakes a thread blocked in select()/accept() from another thread."""
+    """A socketpair that wakes a thread blocked in a readiness wait from another thread."""
 
     def __init__(self) -> None:
         self.reader, self._writer = socket.socketpair()
@@ -333,11 +333,14 @@ def describe_error(exc: BaseException) -> str:
 class BlockingModel(EchoServer):
     """Shared plumbing of the blocking models (``iterative``, ``threading``).
 
-    They wait for a client with ``select`` over the listening sockets and a
-    :class:`Waker` (so a stop request and several listening addresses work),
-    then call the blocking ``accept()``. Open connection sockets are tracked so
-    that a stop can shut down the ones still open when the drain time is over,
-    which wakes whatever thread is blocked in their ``recv()``.
+    They wait for a client in a selector over the listening sockets and a
+    :class:`Waker` (so a stop request can wake them, and several listening
+    addresses are watched at once), then call ``accept()`` on the ready
+    listener, which is non-blocking (a client that left meanwhile costs an
+    ``EAGAIN``, not a stall). The accepted socket is made blocking: serving a
+    client is plain blocking ``recv()``/``sendall()``. Open connection sockets
+    are tracked so that a stop can shut down the ones still open when the drain
+    time is over, which wakes whatever thread is blocked in their ``recv()``.
     """
 
     #: Echo UDP datagrams in :meth:`next_client` while waiting for a client (iterative);
@@ -371,6 +374,7 @@ class BlockingModel(EchoServer):
                 max(0.0, deadline - time.monotonic()), self._shutdown_open
             )
             self._expiry.daemon = True
+            self._expiry.name = "sockecho-drain-timer"  # as --trace names it
             self._expiry.start()
 
     def abandon(self) -> None:

@@ -1,9 +1,12 @@
 """``threading``: one thread per connection - the course's second exercise with threads.
 
 How it waits
-    The main thread blocks in ``accept()``; every client gets its own thread,
-    which blocks in ``recv()``/``sendall()`` exactly as in the iterative model.
-    The kernel wakes whichever thread has work.
+    The model thread waits for clients as the iterative model does: in a
+    selector over the listening sockets and a wake-up socketpair (so a stop
+    can wake it), then ``accept()`` on the ready, non-blocking listener. Every
+    client gets its own thread, which blocks in ``recv()``/``sendall()``
+    exactly as in the iterative model. The kernel wakes whichever thread has
+    work.
 
 What it costs
     One thread per connection: a stack (we ask for 256 KiB instead of the 8 MiB
@@ -23,9 +26,9 @@ UDP (``--udp``)
 
 Lifecycle::
 
-    main thread:    socket() → bind() → listen() → accept() ─┬─> accept() ─> ...
-                                                             │
-    client thread:                        recv() ⇄ sendall() ┘ ... close()
+    model thread:   socket() → bind() → listen() → epoll_wait() → accept() ─┬─> epoll_wait() ...
+                                                                             │
+    client thread:                                       recv() ⇄ sendall() ┘ ... close()
     udp thread:     select() → recvfrom() → sendto() → select() ...
 """
 
