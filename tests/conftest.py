@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,18 @@ ALL_MODELS = list(MODELS)
 CONCURRENT_MODELS = [name for name in ALL_MODELS if name != "iterative"]
 #: Every wait in a test has a bound; a loaded CI machine gets generous ones.
 WAIT = 20.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the child processes the tests stop with SIGINT (Ctrl-C) be stopped by it.
+
+    A non-interactive shell starts a background job (``pytest &``, some CI runners) with
+    SIGINT ignored, and an ignored signal stays ignored across exec: the example servers and
+    the tutorials' commands, which rely on Python's KeyboardInterrupt as a student's Ctrl-C,
+    would never stop. A handler (unlike SIG_IGN) is reset to the default in each child.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
