@@ -14,10 +14,12 @@ import enum
 import inspect
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -354,9 +356,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
+    # The main thread's events: a signal number, or None once the serving thread has ended.
+    # A signal handler only records the signal (SimpleQueue.put is reentrant): it runs between
+    # two bytecodes of the main thread, which may be in the middle of a write to stderr or
+    # hold a lock, so logging or stopping from the handler itself could interleave or deadlock.
+    events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        server.request_stop()  # a second signal makes it stop at once (no drain)
+        events.put(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
@@ -367,7 +374,15 @@ def run_serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
             sys.stderr.flush()
-    server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
+
+    def report_end() -> None:
+        server.stopped.wait()
+        events.put(None)
+
+    threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
+    while (received := events.get()) is not None:  # get() lets the signal handlers run
+        log.info("%s: stopping", signal.Signals(received).name)
+        server.request_stop()  # a second signal makes it stop at once (no drain)
     server.join()
     log.info("stopped: %s", summarize(server.snapshot()))
     return ExitCode.OK

@@ -210,11 +210,13 @@ def _receive_echo(
         try:
             data = sock.recv(want)
         except TimeoutError:
-            if complete:
+            # Asked afresh, not from before the wait: the sending thread may have half-closed
+            # during it, after the last of the echo had already come back.
+            target = expected if expected is not None else sender.sent
+            if sender.finished.is_set() and received >= target:
                 return received  # the server keeps the connection open: the echo is whole
             if sender.running and received == sender.sent:
                 continue  # nothing outstanding: the input is just slow (a person typing)
-            target = expected if expected is not None else sender.sent
             raise EchoTimeout(
                 f"timed out waiting for the echo ({received} of {target} bytes came back)"
             ) from None

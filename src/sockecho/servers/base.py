@@ -439,9 +439,16 @@ class BlockingModel(EchoServer):
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
 
-    def untrack(self, conn: socket.socket) -> None:
+    def close_tracked(self, conn: socket.socket) -> None:
+        """Close a connection's socket and stop tracking it, in one step under the lock.
+
+        Closing first means :meth:`wait_closed` (and so ``serve()``) returns only once
+        every connection socket is really closed; holding the lock means the drain's
+        ``shutdown()`` never reaches a descriptor number that is being closed and reused.
+        """
         with self._open_changed:
             self._open.discard(conn)
+            conn.close()
             self._open_changed.notify_all()
 
     def wait_closed(self) -> None:
@@ -477,8 +484,7 @@ class BlockingModel(EchoServer):
         except OSError as exc:  # reset, broken pipe, shut down by a stop: this client only
             error = exc
         finally:
-            self.untrack(conn)
-            conn.close()
+            self.close_tracked(conn)
             self.release(session, error, idle=idle)
 
 

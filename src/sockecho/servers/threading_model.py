@@ -89,7 +89,7 @@ class ThreadingServer(BlockingModel):
                 self._datagram_waker.wake()
                 datagram_thread.join()
                 self._datagram_waker.close()
-            self.wait_closed()  # every client thread untracks its socket as it ends
+            self.wait_closed()  # every client thread closes its socket as it ends
 
     def _serve_datagrams(self) -> None:
         """The UDP thread: wait for datagrams and echo them until a stop."""
@@ -118,6 +118,5 @@ class ThreadingServer(BlockingModel):
         try:
             worker.start()
         except RuntimeError as exc:  # "can't start new thread": out of threads or memory
-            self.untrack(conn)
-            conn.close()
+            self.close_tracked(conn)
             self.release(session, exc)
