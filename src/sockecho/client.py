@@ -7,6 +7,11 @@
   the caller's thread receives, so neither side can fill the other's buffers and
   deadlock, whatever the size. Both directions are hashed and counted, so a short
   or altered echo is caught without keeping the data.
+
+Each takes ``tls``, an ``ssl.SSLContext`` (see :func:`sockecho.tls.client_context`),
+to talk to a TLS echo server; the certificate is checked against ``host``.
+:func:`stream` then runs the TLS state through :class:`sockecho.tls.DuplexTLS`,
+because an ``SSLSocket`` must not be read and written from two threads.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import errno
 import hashlib
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -22,6 +28,7 @@ from typing import BinaryIO
 from sockecho.config import DEFAULT_HOST, DEFAULT_PORT
 from sockecho.errors import ConnectError, EchoMismatch, EchoTimeout, ResolveError
 from sockecho.net import format_host_port, resolve, set_nodelay
+from sockecho.tls import DuplexTLS, describe_ssl_error
 
 #: Seconds to wait for a connection or for the next echoed bytes.
 DEFAULT_TIMEOUT = 10.0
@@ -30,9 +37,48 @@ CHUNK_SIZE = 64 * 1024
 
 
 def connect(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float | None = DEFAULT_TIMEOUT
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> socket.socket:
-    """Connect to the first address of ``host`` that answers; ConnectError naming it if none."""
+    """Connect to the first address of ``host`` that answers; ConnectError naming it if none.
+
+    With ``tls``, the TLS handshake is done too and an ``ssl.SSLSocket`` returned.
+    """
+    sock = connect_tcp(host, port, timeout)
+    if tls is None:
+        return sock
+    try:
+        tls_sock = tls.wrap_socket(sock, server_hostname=host)
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise handshake_error(exc, host, port, timeout) from None
+    return tls_sock
+
+
+def handshake_error(
+    exc: BaseException, host: str, port: int, timeout: float | None
+) -> ConnectError:
+    """The one line that says why a TLS handshake with ``host`` failed."""
+    where = format_host_port(host, port)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectError(
+            f"the TLS certificate of {where} is not trusted: {describe_ssl_error(exc)}",
+            "pass --tls-ca FILE with the CA that signed it, or --insecure for a test server",
+        )
+    if isinstance(exc, TimeoutError):
+        return ConnectError(f"timed out in the TLS handshake with {where} after {timeout:g} s")
+    if isinstance(exc, ssl.SSLError):
+        reason = describe_ssl_error(exc)
+    else:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return ConnectError(f"TLS handshake with {where} failed: {reason}", "is it a TLS echo server?")
+
+
+def connect_tcp(host: str, port: int, timeout: float | None) -> socket.socket:
+    """:func:`connect` without TLS."""
     last: ConnectError | None = None
     for family, sockaddr in resolve(host, port, socket.SOCK_STREAM, passive=False):
         where = format_host_port(str(sockaddr[0]), port)
@@ -78,9 +124,11 @@ def echo(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> bytes:
     """Send ``message``, wait for the whole echo, return it. EchoMismatch if it differs."""
-    with connect(host, port, timeout) as sock:
+    with connect(host, port, timeout, tls=tls) as sock:
         try:
             sock.sendall(message)
             reply = recv_exactly(sock, len(message))
@@ -119,6 +167,8 @@ def stream(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> StreamResult:
     """Send all of ``source`` through the server, writing the echo to ``sink`` as it arrives.
 
@@ -129,7 +179,14 @@ def stream(
     sent = 0
     send_error: list[BaseException] = []
 
-    with connect(host, port, timeout) as sock:
+    with connect_tcp(host, port, timeout) as sock:
+        channel: socket.socket | DuplexTLS = sock
+        if tls is not None:
+            channel = DuplexTLS(sock, tls, host)
+            try:
+                channel.handshake()
+            except (OSError, ValueError) as exc:
+                raise handshake_error(exc, host, port, timeout) from None
         # read1() returns what a pipe has now instead of waiting for a full chunk.
         read = getattr(source, "read1", source.read)
 
@@ -137,7 +194,7 @@ def stream(
             nonlocal sent
             try:
                 while chunk := read(CHUNK_SIZE):
-                    sock.sendall(chunk)
+                    channel.sendall(chunk)
                     sent_hash.update(chunk)
                     sent += len(chunk)
                 sock.shutdown(socket.SHUT_WR)  # "that was everything": the server may finish
@@ -152,7 +209,7 @@ def stream(
         try:
             while True:
                 try:
-                    data = sock.recv(CHUNK_SIZE)
+                    data = channel.recv(CHUNK_SIZE)
                 except TimeoutError:
                     if sender.is_alive() and received == sent:
                         continue  # nothing outstanding: the input is just slow (a person typing)
