@@ -89,9 +89,12 @@ def require_tool(name: str) -> str:
 class ServeProcess:
     """``sockecho serve`` in a child process; ready when its ready lines were read."""
 
+    #: What runs ``sockecho``: ``python -c CODE`` wrappers can prepare the process first.
+    launcher: tuple[str, ...] = ("-m", "sockecho")
+
     def __init__(self, *args: str, ready_lines: int = 1) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sockecho", "serve", *args],
+            [sys.executable, *self.launcher, "serve", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -116,6 +119,9 @@ class ServeProcess:
                 if line.startswith("listening on "):
                     self.endpoints.append(line.split(" ", 2)[2].strip())
                 self._lines_ready.notify_all()
+        self.proc.wait()  # stderr closed: the process is ending; waiters must see it has ended
+        with self._lines_ready:
+            self._lines_ready.notify_all()
 
     def wait_for_line(self, fragment: str, timeout: float = WAIT) -> bool:
         with self._lines_ready:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import enum
+import inspect
 import logging
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING, TextIO
 
 from sockecho import __version__, client, tls
 from sockecho.config import (
@@ -33,6 +36,9 @@ from sockecho.config import (
 from sockecho.errors import ConfigError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+
+if TYPE_CHECKING:
+    from sockecho.trace import Tracer
 
 
 class ExitCode(enum.IntEnum):
@@ -182,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, let open connections finish for this long "
         f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
+    add_trace_argument(serve)
     add_udp_arguments(serve)
     add_tls_server_arguments(serve)
     add_verbosity_arguments(serve)
@@ -209,8 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {client.DEFAULT_TIMEOUT:g}; 0 waits forever)",
     )
     add_tls_client_arguments(send)
+    add_trace_argument(send)
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
+
+    models = commands.add_parser(
+        "models",
+        help="list the server models and where their source lives",
+        description="The server designs, in teaching order, each with the file to read it in.",
+    )
+    models.set_defaults(run=run_models, parser=models)
+
+    from sockecho import bench, ping  # noqa: PLC0415 (they import this module's helpers)
+
+    bench.add_parser(commands)
+    ping.add_parser(commands)
     return parser
 
 
@@ -224,6 +244,23 @@ def add_address_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORT,
         help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)",
     )
+
+
+def add_trace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="narrate every socket call (arguments, result, errno) on stderr",
+    )
+
+
+def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
+    """The stderr tracer when ``--trace`` was given (the trace module loads only then)."""
+    if not getattr(args, "trace", False):
+        return None
+    from sockecho.trace import Tracer  # noqa: PLC0415 - rich loads only for --trace
+
+    return Tracer(role, sys.stderr)
 
 
 def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
@@ -295,13 +332,29 @@ def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true", help="debug detail")
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when it was made
+    (a server thread may outlive a redirected stderr, as in tests that capture output)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always sys.stderr
+
+
 def configure_logging(args: argparse.Namespace) -> None:
     level = logging.INFO
     if getattr(args, "quiet", False):
         level = logging.WARNING
     elif getattr(args, "verbose", False):
         level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("sockecho")
     root.handlers[:] = [handler]
@@ -328,7 +381,8 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
         )
-        server = Server(config)
+        tracer = tracer_for(args, "server")
+        server = Server(config, calls=tracer.socket_calls() if tracer else None)
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
@@ -339,7 +393,10 @@ def run_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     for endpoint in server.start():
-        print(READY_LINE.format(endpoint=endpoint), file=sys.stderr, flush=True)
+        # One write, not print()'s two: the serving thread (its log, --trace) writes to
+        # stderr too, and must not land between the line and its newline.
+        sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+        sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
     snapshot = server.snapshot()
@@ -348,6 +405,15 @@ def run_serve(args: argparse.Namespace) -> int:
         snapshot.connections_accepted,
         snapshot.bytes_echoed,
     )
+    return ExitCode.OK
+
+
+def run_models(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in MODELS) + len(" (default)")
+    for name, cls in MODELS.items():
+        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        print(f"{label:<{width}}  {cls.summary}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(cls)}")
     return ExitCode.OK
 
 
@@ -360,14 +426,24 @@ def run_send(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             args.parser.error(str(exc))
         context = tls.client_context(tls_config)
+    tracer = tracer_for(args, "client")
+    socket_class = tracer.socket_class() if tracer else socket.socket
     if args.message:
         message = (" ".join(args.message) + "\n").encode()
-        reply = client.echo(message, args.host, args.port, timeout, tls=context)
+        reply = client.echo(
+            message, args.host, args.port, timeout, tls=context, socket_class=socket_class
+        )
         sys.stdout.buffer.write(reply)
         sys.stdout.buffer.flush()
     else:
         client.stream(
-            sys.stdin.buffer, sys.stdout.buffer, args.host, args.port, timeout, tls=context
+            sys.stdin.buffer,
+            sys.stdout.buffer,
+            args.host,
+            args.port,
+            timeout,
+            tls=context,
+            socket_class=socket_class,
         )
     return ExitCode.OK
 

@@ -42,12 +42,14 @@ def connect(
     timeout: float | None = DEFAULT_TIMEOUT,
     *,
     tls: ssl.SSLContext | None = None,
+    socket_class: type[socket.socket] = socket.socket,
 ) -> socket.socket:
     """Connect to the first address of ``host`` that answers; ConnectError naming it if none.
 
     With ``tls``, the TLS handshake is done too and an ``ssl.SSLSocket`` returned.
+    ``socket_class`` makes the socket (``--trace`` passes a narrating one).
     """
-    sock = connect_tcp(host, port, timeout)
+    sock = connect_tcp(host, port, timeout, socket_class)
     if tls is None:
         return sock
     try:
@@ -77,12 +79,14 @@ def handshake_error(
     return ConnectError(f"TLS handshake with {where} failed: {reason}", "is it a TLS echo server?")
 
 
-def connect_tcp(host: str, port: int, timeout: float | None) -> socket.socket:
+def connect_tcp(
+    host: str, port: int, timeout: float | None, socket_class: type[socket.socket] = socket.socket
+) -> socket.socket:
     """:func:`connect` without TLS."""
     last: ConnectError | None = None
     for family, sockaddr in resolve(host, port, socket.SOCK_STREAM, passive=False):
         where = format_host_port(str(sockaddr[0]), port)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket_class(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(sockaddr)
@@ -126,9 +130,10 @@ def echo(
     timeout: float | None = DEFAULT_TIMEOUT,
     *,
     tls: ssl.SSLContext | None = None,
+    socket_class: type[socket.socket] = socket.socket,
 ) -> bytes:
     """Send ``message``, wait for the whole echo, return it. EchoMismatch if it differs."""
-    with connect(host, port, timeout, tls=tls) as sock:
+    with connect(host, port, timeout, tls=tls, socket_class=socket_class) as sock:
         try:
             sock.sendall(message)
             reply = recv_exactly(sock, len(message))
@@ -169,6 +174,7 @@ def stream(
     timeout: float | None = DEFAULT_TIMEOUT,
     *,
     tls: ssl.SSLContext | None = None,
+    socket_class: type[socket.socket] = socket.socket,
 ) -> StreamResult:
     """Send all of ``source`` through the server, writing the echo to ``sink`` as it arrives.
 
@@ -179,7 +185,7 @@ def stream(
     sent = 0
     send_error: list[BaseException] = []
 
-    with connect_tcp(host, port, timeout) as sock:
+    with connect_tcp(host, port, timeout, socket_class) as sock:
         channel: socket.socket | DuplexTLS = sock
         if tls is not None:
             channel = DuplexTLS(sock, tls, host)

@@ -21,7 +21,7 @@ from typing import Any
 
 from sockecho.config import ServerConfig
 from sockecho.core import ServerStats, StatsSnapshot
-from sockecho.errors import ConfigError, ServerFailed
+from sockecho.errors import ConfigError, ServerFailed, SockechoError
 from sockecho.servers import MODELS, EchoServer
 from sockecho.servers.base import SocketCalls
 
@@ -129,6 +129,8 @@ class Server:
                 raise ServerFailed(f"the {self.config.model} model did not stop in time")
         if self._failure is not None:
             failure, self._failure = self._failure, None
+            if isinstance(failure, SockechoError):
+                raise failure  # a refusal the model explains itself
             raise ServerFailed(
                 f"the {self.config.model} model stopped on {type(failure).__name__}: {failure}",
                 "please report this with the -v log",

@@ -22,6 +22,7 @@ from two threads, which an ``SSLSocket`` does not allow.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
@@ -85,8 +86,12 @@ def describe_ssl_error(exc: ssl.SSLError) -> str:
     """OpenSSL's reason in a few words: ``wrong version number``, ``certificate verify failed``."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"certificate verify failed: {exc.verify_message}"
-    reason = exc.reason or exc.strerror or str(exc)
-    return str(reason).replace("_", " ").lower()
+    if exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    # No reason code: "[SSL] PEM lib (_ssl.c:3926)" -> "PEM lib"
+    text = str(exc.strerror or exc)
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
+    return re.sub(r"^\[\w+\]\s*", "", text) or type(exc).__name__
 
 
 #: Bytes asked of one recv() of TLS records from the socket.

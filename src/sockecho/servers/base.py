@@ -352,12 +352,21 @@ class BlockingModel(EchoServer):
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
         self._waker = Waker()
+        # Created on first use and kept: a selector per accept would need a fresh descriptor
+        # exactly when they may have run out (EMFILE), and would come and go under fd counts.
+        self._waiting: selectors.BaseSelector | None = None
         self._open: set[socket.socket] = set()
         self._open_changed = threading.Condition()
         self._expiry: threading.Timer | None = None
-        self._waiting: selectors.BaseSelector | None = None
+        self._drain_over = False  # set once a stop's drain time is over
 
     def wake(self) -> None:
+        # Stop accepting at once, even while the serving thread is busy with a client (the
+        # iterative model): on Linux shutdown(SHUT_RD) takes a listening socket out of the
+        # LISTEN state, so new clients are refused instead of queueing in the backlog.
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RD)
         self._waker.wake()
         deadline = self.drain_deadline()
         with self._open_changed:
@@ -371,6 +380,7 @@ class BlockingModel(EchoServer):
 
     def _shutdown_open(self) -> None:
         with self._open_changed:
+            self._drain_over = True
             for conn in self._open:
                 with contextlib.suppress(OSError):
                     # Wakes the blocked recv()/sendall(). The plain socket's shutdown, even
@@ -410,7 +420,10 @@ class BlockingModel(EchoServer):
                     continue  # the client already left
                 except OSError as exc:
                     if self.accept_failed(exc):
-                        self._waiting.select(ACCEPT_BACKOFF)  # back off, but still hear a stop
+                        # Back off on the waker alone (a stop still interrupts it): the
+                        # listener stays readable while the client waits, so waiting on it
+                        # too would return at once and spin.
+                        self.calls.select([self._waker.reader], [], [], ACCEPT_BACKOFF)
                     continue
                 conn.setblocking(True)
                 return conn, addr
@@ -419,8 +432,12 @@ class BlockingModel(EchoServer):
     def track(self, conn: socket.socket) -> None:
         with self._open_changed:
             self._open.add(conn)
-            if self.stopping and self._expiry is None:
-                self._shutdown_open()
+            # Admitted just before a stop and tracked after the drain ended: no drain for it.
+            # (A stop that arrives between admission and here must not cut everyone else's
+            # drain short: the expiry timer will find this connection in _open in time.)
+            if self._drain_over:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def retrack(self, old: socket.socket, new: socket.socket) -> None:
         """``new`` replaces tracked ``old`` (TLS wraps the accepted socket in a new object)."""
@@ -508,7 +525,7 @@ TRY_AGAIN = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 def sweep_interval(idle_timeout: float, *timeouts: float) -> float:
     """How often an event loop checks for idle connections (and other ``timeouts``), seconds."""
-    return min(IDLE_SWEEP_INTERVAL, *(t / 4 for t in (idle_timeout, *timeouts) if t))
+    return min([IDLE_SWEEP_INTERVAL, *(t / 4 for t in (idle_timeout, *timeouts) if t)])
 
 
 def tls_buffered(conn: socket.socket) -> bool:
@@ -626,32 +643,44 @@ class NonBlockingModel(EchoServer):
         return not self.accept_paused_until and not self.stopping
 
     def on_readable(self, conn: socket.socket, session: EchoSession) -> None:
-        """recv() once, hand the bytes to the session, then try to echo them at once.
+        """recv() once and echo it at once; only what the kernel does not take is kept.
 
-        Under TLS, also read what the SSL object still holds decrypted (while the
-        session wants more): the kernel has no readiness to report for it.
+        The common case, nothing pending, sends straight from the received bytes:
+        no copy into the session and no change of interest, so an echo costs one
+        recv() and one send() (and its share of the readiness wait). Under TLS,
+        bytes the SSL object still holds decrypted are read on (while the session
+        wants more): the kernel has no readiness to report for them.
         """
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
             return
-        received = False
         while True:
             try:
                 data = conn.recv(self.config.read_size)
             except TRY_AGAIN:
-                if not received:
-                    return
-                break
+                return  # (earlier passes of this loop left nothing pending)
             except OSError as exc:
                 self.drop(conn, session, exc)
                 return
-            received = True
-            if data:
-                session.data_received(data)
-            else:  # b'': the client shut down its sending side (under TLS: or closed it)
-                session.eof_received()
-            if not (data and session.wants_read and tls_buffered(conn)):
-                break
+            if data and not session.wants_write:
+                try:
+                    sent = conn.send(data)
+                except TRY_AGAIN:
+                    sent = 0  # (TLS retries the same bytes, now first in the session's buffer)
+                except OSError as exc:
+                    self.drop(conn, session, exc)
+                    return
+                session.echoed(sent)
+                if sent == len(data):
+                    if session.wants_read and tls_buffered(conn):
+                        continue
+                    return
+                data = data[sent:]  # the kernel took part: the session keeps the rest
+            break
+        if data:
+            session.data_received(data)
+        else:  # b'': the client shut down its sending side (under TLS: or closed it)
+            session.eof_received()
         self.on_writable(conn, session)
 
     def on_writable(self, conn: socket.socket, session: EchoSession) -> None:

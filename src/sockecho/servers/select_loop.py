@@ -41,8 +41,10 @@ from __future__ import annotations
 import logging
 import socket
 
-from sockecho.config import SELECT_MAX_CONNECTIONS
-from sockecho.servers.base import NonBlockingModel
+from sockecho.config import SELECT_MAX_CONNECTIONS, ServerConfig
+from sockecho.core import RateLimitedNotice
+from sockecho.errors import ServerFailed
+from sockecho.servers.base import NonBlockingModel, SocketCalls
 
 log = logging.getLogger("sockecho.server")
 
@@ -55,6 +57,23 @@ class SelectServer(NonBlockingModel):
     summary = "one thread, select.select() over non-blocking sockets (at most 1000 clients)"
     connection_ceiling = SELECT_MAX_CONNECTIONS
 
+    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
+        super().__init__(config, calls)
+        self._fd_refusals = RateLimitedNotice()
+
+    def open(self) -> list[str]:
+        endpoints = super().open()
+        highest = max(sock.fileno() for sock in [*self.listeners, self._waker.reader])
+        if highest >= FD_SETSIZE:  # refuse now, before the ready line, not crash in select()
+            self.close_listeners()
+            self._waker.close()
+            raise ServerFailed(
+                f"the select model cannot watch its own descriptor {highest} "
+                f"(select() stops at FD_SETSIZE {FD_SETSIZE})",
+                "too many files are open in this process; use --model selectors",
+            )
+        return endpoints
+
     def serve(self) -> None:
         for sock in (*self.listeners, *self.datagram_sockets):
             sock.setblocking(False)
@@ -63,13 +82,16 @@ class SelectServer(NonBlockingModel):
     def can_watch(self, conn: socket.socket) -> bool:
         if conn.fileno() < FD_SETSIZE:
             return True
-        log.warning(
-            "refused a connection on descriptor %d: select() cannot watch descriptors >= %d "
-            "(FD_SETSIZE); use --model selectors for more clients",
-            conn.fileno(),
-            FD_SETSIZE,
-        )
         self.stats.rejected()
+        folded = self._fd_refusals.note()
+        if folded:
+            log.warning(
+                "refused %d connection(s) on descriptors >= %d (descriptor %d this time): "
+                "select() cannot watch them (FD_SETSIZE); use --model selectors for more clients",
+                folded,
+                FD_SETSIZE,
+                conn.fileno(),
+            )
         return False
 
     def _wait_once(self, timeout: float) -> None:

@@ -1,0 +1,441 @@
+"""Measure every sockecho model against reference servers, side by side, in one run.
+
+``benchmarks/run`` calls this. It builds the C references with gcc, starts every
+server (sockecho's concurrent models and the references: C epoll, socketserver's
+ThreadingTCPServer, stock asyncio Protocol, uvloop Protocol when installed), and
+for each scenario loads each server in turn with the C client
+(benchmarks/reference/echo_client.c: closed loop, verified echoes, not the
+bottleneck), interleaving servers within each repetition so a noisy neighbour
+hurts them all alike. After an unmeasured warm-up run, the figure is the
+**server's CPU time per round trip**: utime+stime of the server's process tree
+(/proc/PID/stat and its descendants) over the measured run, divided by the
+round trips the client verified. The best of the repetitions is kept.
+
+It also measures idle memory per connection (RSS growth with 1000 idle
+connections) and whether ``sockecho bench --processes 2`` keeps up with the C
+client. Results: a markdown table, a JSON document and a chart in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = HERE / "reference"
+BUILD = REFERENCE / "build"
+#: Clock ticks per second of /proc/PID/stat's utime and stime.
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Seconds to wait for a server's ready line.
+READY_TIMEOUT = 20.0
+#: Connections held open for the idle-memory figure.
+IDLE_CONNECTIONS = 1000
+READY = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    connections: int
+    size: int
+
+
+SCENARIOS = [
+    Scenario("50x1KiB", 50, 1024),
+    Scenario("1x64B", 1, 64),
+    Scenario("10x64KiB", 10, 64 * 1024),
+    Scenario("1000x1KiB", 1000, 1024),
+]
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    argv: list[str]
+    kind: str  # "sockecho" or "reference"
+    proc: subprocess.Popen[str] | None = None
+    port: int = 0
+    stderr_tail: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        found = threading.Event()
+
+        def read() -> None:
+            assert self.proc is not None
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr_tail = [*self.stderr_tail[-20:], line.rstrip()]
+                if (match := READY.search(line)) and not self.port:
+                    self.port = int(match[1])
+                    found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(READY_TIMEOUT):
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start: {self.stderr_tail}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def pids(self) -> list[int]:
+        """The server process and its descendants."""
+        assert self.proc is not None
+        tree = [self.proc.pid]
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    ppid = int(stat_fields(int(entry.name))[1])
+                    children.setdefault(ppid, []).append(int(entry.name))
+        for pid in tree:
+            tree.extend(children.get(pid, []))
+        return tree
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = stat_fields(pid)
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLK_TCK
+
+    def rss_kib(self) -> int:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may contain spaces): field 3 onwards."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def build_references() -> None:
+    BUILD.mkdir(exist_ok=True)
+    for name in ("echo_server", "echo_client"):
+        source = REFERENCE / f"{name}.c"
+        target = BUILD / name
+        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+            subprocess.run(
+                ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(target), str(source)], check=True
+            )
+
+
+def servers(models: list[str]) -> list[ServerProcess]:
+    python = sys.executable
+    chosen = [
+        ServerProcess(
+            f"sockecho {model}",
+            [python, "-m", "sockecho", "serve", "--model", model, "--port", "0", "-q"],
+            "sockecho",
+        )
+        for model in models
+    ]
+    chosen.append(ServerProcess("C epoll", [str(BUILD / "echo_server"), "0"], "reference"))
+    refs = str(REFERENCE / "python_servers.py")
+    chosen.append(ServerProcess("ThreadingTCPServer", [python, refs, "threading"], "reference"))
+    chosen.append(ServerProcess("asyncio Protocol", [python, refs, "asyncio"], "reference"))
+    try:
+        import uvloop  # noqa: F401, PLC0415
+    except ImportError:
+        print("uvloop is not installed: no uvloop reference", file=sys.stderr)
+    else:
+        chosen.append(ServerProcess("uvloop Protocol", [python, refs, "uvloop"], "reference"))
+    return chosen
+
+
+def run_client(port: int, scenario: Scenario, duration: float) -> dict[str, Any]:
+    argv = [str(BUILD / "echo_client"), str(port), str(scenario.connections)]
+    argv += [str(scenario.size), f"{duration:g}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if done.returncode != 0:
+        return {"round_trips": 0, "errors": 1, "failure": done.stderr.strip()[-200:]}
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def measure(
+    server: ServerProcess, scenario: Scenario, duration: float, warmup: float
+) -> dict[str, Any]:
+    run_client(server.port, scenario, warmup)  # warm caches, allocators, the JIT-less interpreter
+    before = server.cpu_seconds()
+    result = run_client(server.port, scenario, duration)
+    cpu = server.cpu_seconds() - before
+    rts = result["round_trips"]
+    result["server_cpu_s"] = round(cpu, 3)
+    result["cpu_us_per_rt"] = round(cpu / rts * 1e6, 3) if rts else None
+    result["rate"] = round(rts / result["elapsed_s"], 1) if rts else 0.0
+    return result
+
+
+def idle_memory(server: ServerProcess) -> float:
+    """KiB of RSS per idle connection, from the growth with IDLE_CONNECTIONS held open."""
+    with socket.create_connection(("127.0.0.1", server.port)) as probe:
+        probe.sendall(b"x")
+        probe.recv(1)
+    base = server.rss_kib()
+    held = []
+    try:
+        for _ in range(IDLE_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            held.append(sock)
+        for sock in held:  # one echo each, so every connection is really being served
+            sock.sendall(b"x")
+        for sock in held:
+            sock.recv(1)
+        grown = server.rss_kib()
+    finally:
+        for sock in held:
+            sock.close()
+    return round((grown - base) / IDLE_CONNECTIONS, 2)
+
+
+def generator_check(c_server: ServerProcess, duration: float) -> dict[str, Any]:
+    """sockecho bench --processes 2 against the C server, next to the C client."""
+    scenario = SCENARIOS[0]
+    c_client = run_client(c_server.port, scenario, duration)
+    argv = [sys.executable, "-m", "sockecho", "bench", "--port", str(c_server.port)]
+    argv += ["-c", str(scenario.connections), "-s", str(scenario.size), "-d", f"{duration:g}"]
+    argv += ["--warmup", "0.5", "-p", "2", "-q", "--json", "/dev/stdout"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, check=False)
+    text = done.stdout[done.stdout.index("{") :] if "{" in done.stdout else "{}"
+    bench = json.loads(text) if done.returncode == 0 else {}
+    c_rate = c_client["round_trips"] / c_client["elapsed_s"]
+    bench_rate = float(bench.get("round_trips_per_s", 0.0))
+    return {
+        "c_client_rate": round(c_rate, 1),
+        "sockecho_bench_p2_rate": round(bench_rate, 1),
+        "ratio": round(bench_rate / c_rate, 3) if c_rate else None,
+        "sockecho_bench_errors": bench.get("error_count"),
+    }
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 65536)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {report['machine']['date']} on {report['machine']['nproc']} CPUs "
+        f"({report['machine']['cpu']}), Python {report['machine']['python']}, "
+        f"kernel {report['machine']['kernel']}.",
+        f"Command: `{report['command']}`; best of {report['repetitions']} interleaved "
+        f"repetitions of {report['duration']:g} s after a {report['warmup']:g} s warm-up.",
+        "",
+    ]
+    for scenario, rows in report["scenarios"].items():
+        c_cost = rows.get("C epoll", {}).get("cpu_us_per_rt")
+        ref = rows.get("asyncio Protocol", {}).get("cpu_us_per_rt")
+        lines += [
+            f"### {scenario}",
+            "",
+            "| server | CPU µs / round trip | vs C | vs stock asyncio | round trips/s | errors "
+            "| max latency |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in sorted(rows.items(), key=lambda item: item[1]["cpu_us_per_rt"] or 1e9):
+            cost = row["cpu_us_per_rt"]
+            vs_c = f"{cost / c_cost:.2f}x" if cost and c_cost else "-"
+            vs_ref = f"{cost / ref:.2f}x" if cost and ref else "-"
+            latency = row.get("max_latency_us")
+            lines.append(
+                f"| {name} | {cost if cost is not None else '-'} | {vs_c} | {vs_ref} | "
+                f"{row['rate']:,.0f} | {row['errors']} | "
+                f"{f'{latency / 1000:.1f} ms' if latency is not None else '-'} |"
+            )
+        lines.append("")
+    if report.get("idle_kib_per_connection"):
+        lines += [
+            f"### Idle memory ({IDLE_CONNECTIONS} connections)",
+            "",
+            "| server | RSS KiB / idle connection |",
+            "|---|---:|",
+        ]
+        for name, kib in report["idle_kib_per_connection"].items():
+            lines.append(f"| {name} | {kib} |")
+        lines.append("")
+    if report.get("generator"):
+        gen = report["generator"]
+        lines += [
+            "### Load generator (50x1KiB against the C server)",
+            "",
+            f"C client {gen['c_client_rate']:,.0f} round trips/s; `sockecho bench -p 2` "
+            f"{gen['sockecho_bench_p2_rate']:,.0f}/s = {gen['ratio']}x "
+            f"(errors: {gen['sockecho_bench_errors']}).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib  # noqa: PLC0415 (optional)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+        return
+    scenarios = list(report["scenarios"])
+    names = sorted({name for rows in report["scenarios"].values() for name in rows})
+    figure, axes = plt.subplots(figsize=(10, 4.8))
+    width = 0.8 / max(1, len(names))
+    for k, name in enumerate(names):
+        values = []
+        for scenario in scenarios:
+            rows = report["scenarios"][scenario]
+            cost = rows.get(name, {}).get("cpu_us_per_rt")
+            c_cost = rows.get("C epoll", {}).get("cpu_us_per_rt")
+            values.append(cost / c_cost if cost and c_cost else 0.0)
+        axes.bar([i + k * width for i in range(len(scenarios))], values, width, label=name)
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(scenarios))])
+    axes.set_xticklabels(scenarios)
+    axes.axhline(1.0, color="black", linewidth=0.6)
+    axes.set_ylabel("server CPU per round trip (C epoll = 1)")
+    axes.set_title("sockecho models vs reference servers (lower is better)")
+    axes.legend(fontsize="small", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+@contextlib.contextmanager
+def running(chosen: list[ServerProcess]) -> Iterator[list[ServerProcess]]:
+    try:
+        for server in chosen:
+            server.start()
+        yield chosen
+    finally:
+        for server in chosen:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, one repetition")
+    parser.add_argument("--repetitions", type=int, help="interleaved repetitions (3)")
+    parser.add_argument("--duration", type=float, help="seconds per measured run (2)")
+    parser.add_argument("--warmup", type=float, help="seconds of unmeasured warm-up per run (0.5)")
+    parser.add_argument("--models", default="threading,select,selectors,asyncio")
+    parser.add_argument(
+        "--scenarios", default=",".join(s.name for s in SCENARIOS), help="comma-separated"
+    )
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle-memory figure")
+    parser.add_argument("--no-generator", action="store_true", help="skip the bench check")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    repetitions = args.repetitions or (1 if args.quick else 3)
+    duration = args.duration or (0.3 if args.quick else 2.0)
+    warmup = args.warmup if args.warmup is not None else (0.1 if args.quick else 0.5)
+    if shutil.which("gcc") is None:
+        print("benchmarks/run: gcc is needed for the C references", file=sys.stderr)
+        return 1
+    build_references()
+    raise_fd_limit()
+    scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    report: dict[str, Any] = {
+        "schema": "sockecho-benchmarks/1",
+        "command": "benchmarks/run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "repetitions": repetitions,
+        "duration": duration,
+        "warmup": warmup,
+        "scenarios": {},
+    }
+    started = time.monotonic()
+    with running(servers(args.models.split(","))) as chosen:
+        for scenario in scenarios:
+            best: dict[str, dict[str, Any]] = {}
+            for rep in range(repetitions):
+                order = chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]
+                for server in order:
+                    result = measure(server, scenario, duration, warmup)
+                    cost = result["cpu_us_per_rt"]
+                    previous = best.get(server.name)
+                    if previous is None or (
+                        cost is not None
+                        and (previous["cpu_us_per_rt"] is None or cost < previous["cpu_us_per_rt"])
+                    ):
+                        best[server.name] = result
+                    print(
+                        f"{scenario.name:>10} rep {rep + 1} {server.name:>20}: "
+                        f"{cost} µs/rt, {result['rate']:,.0f}/s, errors {result['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            report["scenarios"][scenario.name] = best
+        if not args.no_idle:
+            # Fresh servers: one that served 1000 busy connections keeps that heap.
+            report["idle_kib_per_connection"] = {}
+            for server in chosen:
+                fresh = ServerProcess(server.name, server.argv, server.kind)
+                with running([fresh]):
+                    report["idle_kib_per_connection"][server.name] = idle_memory(fresh)
+        if not args.no_generator:
+            c_server = next(server for server in chosen if server.name == "C epoll")
+            report["generator"] = generator_check(c_server, duration)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out / "benchmarks.md").write_text(table + "\n")
+    chart(report, args.out / "benchmarks.png")
+    print(table)
+    print(f"written: {args.out}/benchmarks.{{md,json,png}} in {report['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

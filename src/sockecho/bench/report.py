@@ -1,0 +1,204 @@
+"""A benchmark's result: figures derived from the merged histogram, the table, the JSON.
+
+The JSON document (schema ``sockecho-bench/1``, described in docs/measuring.md)
+keeps the whole HDR histogram, encoded in the standard compressed HDR format,
+so ``sockecho bench compare`` and ``--plot`` can redraw any percentile later.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hdrh.histogram import HdrHistogram
+from rich.console import Console
+from rich.table import Table
+
+from sockecho.bench.load import ERROR_KINDS
+from sockecho.errors import SockechoError
+
+if TYPE_CHECKING:
+    from sockecho.bench.runner import BenchSpec
+
+SCHEMA = "sockecho-bench/1"
+#: The percentiles every report shows (100 is the maximum).
+PERCENTILES = (50.0, 90.0, 99.0, 99.9, 100.0)
+
+
+def percentile_key(p: float) -> str:
+    return "max" if p == 100.0 else "p" + f"{p:g}".replace(".", "")
+
+
+@dataclass(slots=True)
+class BenchResult:
+    """What a run measured. Latencies are in microseconds."""
+
+    spec: BenchSpec
+    elapsed: float  # seconds of the measured window
+    round_trips: int
+    bytes_echoed: int  # payload bytes that came back verified (one direction)
+    lost: int
+    errors: dict[str, int]
+    histogram: HdrHistogram
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def rate(self) -> float:
+        return self.round_trips / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.bytes_echoed / self.elapsed / 1e6 if self.elapsed > 0 else 0.0
+
+    @property
+    def loss(self) -> float:
+        sent = self.round_trips + self.lost
+        return self.lost / sent if sent else 0.0
+
+    def latency(self) -> dict[str, float]:
+        histogram = self.histogram
+        figures: dict[str, float] = {
+            percentile_key(p): float(histogram.get_value_at_percentile(p)) for p in PERCENTILES
+        }
+        figures["max"] = float(histogram.get_max_value())
+        figures["min"] = float(histogram.get_min_value())
+        figures["mean"] = round(histogram.get_mean_value(), 1)
+        figures["stdev"] = round(histogram.get_stddev(), 1)
+        if not self.round_trips:
+            figures = dict.fromkeys(figures, 0.0)
+        return figures
+
+    @property
+    def ok(self) -> bool:
+        return self.round_trips > 0 and not self.error_count
+
+    def to_json(self) -> dict[str, Any]:
+        spec = asdict(self.spec)
+        spec["timeout"] = self.spec.effective_timeout
+        encoded = self.histogram.encode()
+        return {
+            "schema": SCHEMA,
+            "spec": spec,
+            "mode": "open" if self.spec.rate else "closed",
+            "elapsed_s": round(self.elapsed, 6),
+            "round_trips": self.round_trips,
+            "round_trips_per_s": round(self.rate, 3),
+            "bytes_echoed": self.bytes_echoed,
+            "mb_per_s": round(self.megabytes_per_second, 6),
+            "latency_us": self.latency(),
+            "errors": {kind: self.errors.get(kind, 0) for kind in ERROR_KINDS},
+            "error_count": self.error_count,
+            "lost": self.lost,
+            "loss": round(self.loss, 6),
+            "histogram": encoded.decode("ascii") if isinstance(encoded, bytes) else encoded,
+            "environment": self.environment,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> BenchResult:
+        from sockecho.bench.runner import BenchSpec  # noqa: PLC0415 (runner imports us)
+
+        if document.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} document (schema: {document.get('schema')!r})")
+        known = {f.name for f in fields(BenchSpec)}
+        spec = BenchSpec(**{k: v for k, v in document["spec"].items() if k in known})
+        return cls(
+            spec=spec,
+            elapsed=float(document["elapsed_s"]),
+            round_trips=int(document["round_trips"]),
+            bytes_echoed=int(document["bytes_echoed"]),
+            lost=int(document.get("lost", 0)),
+            errors={k: int(v) for k, v in document["errors"].items() if v},
+            histogram=HdrHistogram.decode(document["histogram"]),
+            environment=dict(document.get("environment", {})),
+        )
+
+
+def load_result(path: str) -> BenchResult:
+    try:
+        document = json.loads(Path(path).read_text())
+        return BenchResult.from_json(document)
+    except OSError as exc:
+        raise SockechoError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SockechoError(
+            f"{path} is not a sockecho bench result: {exc}", "write one with --json FILE"
+        ) from None
+
+
+def save_result(result: BenchResult, path: str) -> None:
+    text = json.dumps(result.to_json(), indent=2) + "\n"
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise SockechoError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def format_us(value: float) -> str:
+    """A latency for people: 87 µs, 1.23 ms, 2.5 s."""
+    if value < 1000:
+        return f"{value:.0f} µs"
+    if value < 1_000_000:
+        return f"{value / 1000:.3g} ms" if value < 100_000 else f"{value / 1000:.0f} ms"
+    return f"{value / 1e6:.3g} s"
+
+
+def print_result(result: BenchResult, console: Console) -> None:
+    """The final table: throughput, latency percentiles, errors by kind."""
+    console.print(f"sockecho bench {result.spec.describe()}", highlight=False)
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column()
+    table.add_row(
+        "round trips", f"{result.round_trips:,}", f"{result.rate:,.1f}/s in {result.elapsed:.2f} s"
+    )
+    table.add_row("throughput", f"{result.megabytes_per_second:,.2f}", "MB/s echoed (verified)")
+    latency = result.latency()
+    for p in PERCENTILES:
+        key = percentile_key(p)
+        table.add_row(f"latency {key}", format_us(latency[key]), "")
+    table.add_row("latency mean", format_us(latency["mean"]), f"± {format_us(latency['stdev'])}")
+    if result.spec.udp:
+        table.add_row("lost", f"{result.lost:,}", f"{result.loss:.2%} of datagrams")
+    errors = ", ".join(f"{kind} {count:,}" for kind, count in sorted(result.errors.items()))
+    table.add_row("errors", f"{result.error_count:,}", errors)
+    console.print(table)
+
+
+def print_comparison(results: list[tuple[str, BenchResult]], console: Console) -> None:
+    """Runs side by side, one column each; ratios to the first run."""
+    table = Table(title="sockecho bench compare")
+    table.add_column("")
+    for name, _ in results:
+        table.add_column(name, justify="right")
+    base = results[0][1]
+
+    def ratio(value: float, reference: float) -> str:
+        return f" ({value / reference:.2f}x)" if reference else ""
+
+    table.add_row(
+        "round trips/s",
+        *(f"{r.rate:,.0f}" + ("" if r is base else ratio(r.rate, base.rate)) for _, r in results),
+    )
+    table.add_row("MB/s", *(f"{r.megabytes_per_second:,.2f}" for _, r in results))
+    for p in PERCENTILES:
+        key = percentile_key(p)
+        reference = base.latency()[key]
+        table.add_row(
+            f"latency {key}",
+            *(
+                format_us(r.latency()[key])
+                + ("" if r is base else ratio(r.latency()[key], reference))
+                for _, r in results
+            ),
+        )
+    table.add_row("errors", *(f"{r.error_count:,}" for _, r in results))
+    table.add_row("setup", *(r.spec.describe() for _, r in results))
+    console.print(table)

@@ -1,0 +1,262 @@
+"""sockecho bench: verified echoes against every model, errors by kind, open vs closed loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from sockecho import Server
+from sockecho.bench import BenchSpec, run_bench
+from sockecho.bench.load import ERROR_KINDS
+from sockecho.bench.report import SCHEMA, BenchResult
+from sockecho.cli import main
+from sockecho.errors import ConnectError
+from tests.conftest import REPO, WAIT, require_tool
+from tests.faulty_peers import (
+    TcpPeer,
+    UdpPeer,
+    corrupting_handler,
+    echo_handler,
+    resetting_handler,
+    stalling_handler,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def short_run(port: int, **settings: object) -> BenchSpec:
+    defaults: dict[str, object] = {
+        "port": port,
+        "connections": 4,
+        "size": 1000,
+        "duration": 0.4,
+        "warmup": 0.1,
+    }
+    defaults.update(settings)
+    return BenchSpec(**defaults)  # type: ignore[arg-type]
+
+
+def assert_consistent(result: BenchResult, size: int) -> None:
+    assert result.histogram.get_total_count() == result.round_trips
+    assert result.bytes_echoed == result.round_trips * size
+    latency = result.latency()
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"]
+
+
+def test_closed_loop_verifies_every_echo_from_every_model(server: Server, model: str) -> None:
+    connections = 1 if model == "iterative" else 4  # iterative serves one client at a time
+    result = run_bench(short_run(server.address[1], connections=connections))
+    assert result.errors == {}
+    assert result.round_trips > 50
+    assert_consistent(result, 1000)
+    # The server echoed at least what the client verified (it also served the warm-up).
+    assert server.snapshot().bytes_echoed >= result.bytes_echoed
+
+
+def test_requests_bounds_the_measured_round_trips_exactly(asyncio_server: Server) -> None:
+    result = run_bench(
+        short_run(asyncio_server.address[1], requests=301, duration=None, connections=3)
+    )
+    assert result.round_trips == 301
+    assert result.errors == {}
+
+
+def test_processes_merge_histograms_exactly(asyncio_server: Server) -> None:
+    result = run_bench(
+        short_run(asyncio_server.address[1], processes=2, requests=400, duration=None, warmup=0.0)
+    )
+    assert result.round_trips == 400
+    assert result.histogram.get_total_count() == 400
+    assert result.errors == {}
+
+
+def test_corrupted_echo_is_counted_as_mismatch_never_accepted() -> None:
+    with TcpPeer(corrupting_handler(every=10)) as peer:
+        result = run_bench(short_run(peer.address[1], connections=2))
+    assert result.errors.get("mismatch", 0) > 0
+    # A corrupted round trip is never a success: at most 9 of every 10 reads were intact.
+    assert result.round_trips <= peer.recv_calls * 9 // 10 + 2
+    assert not result.ok
+
+
+def test_reset_connections_are_counted_and_reopened() -> None:
+    with TcpPeer(resetting_handler(after=20)) as peer:
+        result = run_bench(short_run(peer.address[1], connections=2))
+    assert result.errors.get("reset", 0) >= 2
+    assert result.round_trips >= 40  # reconnected after each reset and went on
+    assert set(result.errors) <= set(ERROR_KINDS)
+
+
+def test_refused_fails_at_once_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with TcpPeer(echo_handler) as peer:
+        port = peer.address[1]
+    with pytest.raises(ConnectError, match="refused"):
+        run_bench(short_run(port))
+    assert main(["bench", "--port", str(port), "-d", "0.2", "-q"]) == 1
+    assert capsys.readouterr().err.startswith("sockecho: error: connection refused by 127.0.0.1")
+
+
+def test_open_loop_shows_a_stall_that_closed_loop_hides() -> None:
+    stall = 0.2
+    with TcpPeer(stalling_handler(at_recv=300, stall=stall)) as peer:
+        closed = run_bench(short_run(peer.address[1], connections=1, duration=1.5, warmup=0.0))
+    with TcpPeer(stalling_handler(at_recv=300, stall=stall)) as peer:
+        opened = run_bench(
+            short_run(peer.address[1], connections=1, duration=1.5, warmup=0.0, rate=1000)
+        )
+    for result in (closed, opened):
+        assert result.errors == {}
+        assert result.latency()["max"] >= stall * 0.9e6  # both saw the stalled request
+    # Closed loop: one slow request among thousands; the stall vanishes below p99.
+    assert closed.latency()["p99"] < 50_000
+    # Open loop: every request scheduled during the stall waited; ~200 of 1500 were late.
+    assert opened.latency()["p99"] >= 100_000
+    assert 1400 <= opened.round_trips <= 1510
+
+
+def test_udp_measures_loss_without_counting_it_as_errors() -> None:
+    def every_fifth(payload: bytes) -> bool:
+        return struct.unpack_from("!QQ", payload)[1] % 5 == 0
+
+    with UdpPeer(drop=every_fifth) as peer:
+        result = run_bench(
+            short_run(peer.address[1], udp=True, size=64, requests=200, duration=None, timeout=0.1)
+        )
+    assert result.errors == {}
+    assert result.round_trips + result.lost == 200
+    assert 0.15 <= result.loss <= 0.25
+    assert_consistent(result, 64)
+
+
+def test_tls_bench_verifies_the_server_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    with TcpPeer(echo_handler, tls=server_context) as peer:
+        trusted = run_bench(short_run(peer.address[1], tls=True, cafile=str(cafile)))
+        untrusted = run_bench(short_run(peer.address[1], tls=True, duration=0.2))
+    assert trusted.errors == {}
+    assert trusted.round_trips > 20
+    assert untrusted.round_trips == 0
+    assert untrusted.errors.get("tls", 0) > 0
+
+
+@pytest.fixture
+def asyncio_server() -> Iterator[Server]:
+    with Server(model="asyncio", port=0) as srv:
+        yield srv
+
+
+def test_json_report_follows_the_documented_schema(
+    asyncio_server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "run.json"
+    port = str(asyncio_server.address[1])
+    argv = ["bench", "--port", port, "-c", "2", "-s", "512", "-n", "100", "--warmup", "0"]
+    assert main([*argv, "--json", str(path), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # --quiet (and no terminal): no progress at all
+    assert "round trips" in out
+    assert "latency p999" in out
+    document = json.loads(path.read_text())
+    assert document["schema"] == SCHEMA
+    assert document["mode"] == "closed"
+    assert document["round_trips"] == 100
+    assert document["bytes_echoed"] == 100 * 512
+    assert document["spec"]["connections"] == 2
+    assert document["spec"]["size"] == 512
+    assert set(document["errors"]) == set(ERROR_KINDS)
+    assert document["error_count"] == 0
+    latency = document["latency_us"]
+    assert set(latency) == {"p50", "p90", "p99", "p999", "max", "min", "mean", "stdev"}
+    assert latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p999"] <= latency["max"]
+    assert document["round_trips_per_s"] == pytest.approx(100 / document["elapsed_s"], rel=1e-3)
+    assert document["mb_per_s"] == pytest.approx(51_200 / document["elapsed_s"] / 1e6, rel=1e-3)
+    assert {"python", "cpus", "sockecho", "loop"} <= set(document["environment"])
+    # The histogram round-trips: a reloaded result gives the same percentiles.
+    assert BenchResult.from_json(document).latency() == latency
+
+
+def test_compare_puts_runs_side_by_side_and_plots(
+    asyncio_server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = str(asyncio_server.address[1])
+    runs = []
+    for connections in ("1", "3"):
+        path = tmp_path / f"c{connections}.json"
+        argv = ["bench", "--port", port, "-c", connections, "-n", "60", "--warmup", "0", "-q"]
+        assert main([*argv, "--json", str(path), "--plot", str(tmp_path / "one.png")]) == 0
+        runs.append(str(path))
+    capsys.readouterr()
+    chart = tmp_path / "compare.png"
+    assert main(["bench", "compare", *runs, "--plot", str(chart)]) == 0
+    out = capsys.readouterr().out
+    assert "c1" in out
+    assert "c3" in out
+    assert "round trips/s" in out
+    assert chart.read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "one.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_compare_rejects_a_file_that_is_not_a_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"schema": "something-else"}')
+    assert main(["bench", "compare", str(bogus)]) == 1
+    assert "is not a sockecho bench result" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--udp", "--tls"], "do not go together"),
+        (["--udp", "-s", "8"], "--size must be 16"),
+        (["-c", "1", "-p", "2"], "cannot exceed --connections"),
+        (["-d", "1", "-n", "5"], "not allowed with argument"),
+        (["--rate", "0"], "must be more than 0"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
+    require_tool("gcc")
+    out = tmp_path / "results"
+    argv = [str(REPO / "benchmarks" / "run"), "--quick", "--duration", "0.1", "--warmup", "0.05"]
+    argv += ["--models", "asyncio", "--scenarios", "1x64B", "--no-idle", "--no-generator"]
+    done = subprocess.run(
+        [*argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "benchmarks.json").read_text())
+    rows = report["scenarios"]["1x64B"]
+    assert {"sockecho asyncio", "C epoll", "asyncio Protocol", "ThreadingTCPServer"} <= set(rows)
+    for row in rows.values():
+        assert row["errors"] == 0
+        assert row["round_trips"] > 0
+        assert row["cpu_us_per_rt"] > 0
+    assert "| sockecho asyncio |" in (out / "benchmarks.md").read_text()
+    assert (out / "benchmarks.png").read_bytes().startswith(PNG_MAGIC)

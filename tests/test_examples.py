@@ -1,0 +1,189 @@
+"""The course's exercises in examples/: run them against sockecho, and sockecho against them.
+
+Each example server is started as a student would (``python examples/X.py HOST 0``)
+and is ready when it prints ``listening on tcp://HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sockecho import Server, ServerConfig
+from tests.conftest import REPO, WAIT, connect, recv_exactly, reset, run_cli
+
+EXAMPLES = REPO / "examples"
+SERVERS = ["echo_server.py", "select_server.py", "threading_server.py"]
+#: The exercise-2 servers: they serve several clients at once.
+CONCURRENT_SERVERS = ["select_server.py", "threading_server.py"]
+#: How long a client waits to show that exercise 1's server is busy with another client.
+BUSY_PROBE = 0.5
+
+
+class ExampleServer:
+    """An example server in a child process, ready once it printed its ready line."""
+
+    def __init__(self, name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / name), "127.0.0.1", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        self.ready_line = ""
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if line.startswith("listening on tcp://"):
+                    self.ready_line = line.strip()
+                    ready.set()
+            ready.set()  # ended without a ready line: the assertion below reports it
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        assert ready.wait(WAIT)
+        assert self.ready_line, f"no ready line; output: {self.lines}"
+        self.port = int(self.ready_line.rsplit(":", 1)[1])
+        self.address = ("127.0.0.1", self.port)
+
+    def interrupt(self) -> int:
+        """Ctrl-C, as a student stops it; the exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(WAIT)
+        self._reader.join(WAIT)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def start_example() -> Iterator[type[ExampleServer]]:
+    started: list[ExampleServer] = []
+
+    class Tracked(ExampleServer):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            started.append(self)
+
+    yield Tracked
+    for server in started:
+        server.close()
+
+
+def run_example_client(port: int, *words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / "echo_client.py"), "127.0.0.1", str(port), *words],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_example_server_echoes_for_sockecho_send(
+    name: str, start_example: type[ExampleServer]
+) -> None:
+    server = start_example(name)
+    done = run_cli("send", "--port", str(server.port), "hola", "mundo")
+    assert (done.returncode, done.stdout) == (0, b"hola mundo\n"), done.stderr
+    # 1 MiB through stdin: many recv()s of at most 1024 bytes, then a half-close.
+    payload = os.urandom(1024 * 1024)
+    streamed = run_cli("send", "--port", str(server.port), stdin=payload)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == payload
+    assert server.interrupt() == 0  # Ctrl-C: closed cleanly, no traceback
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_example_server_survives_a_client_reset(
+    name: str, start_example: type[ExampleServer]
+) -> None:
+    server = start_example(name)
+    with connect(server.address) as sock:
+        sock.sendall(b"hola\n")
+        assert recv_exactly(sock, 5) == b"hola\n"
+        reset(sock)  # RST: the server's recv() raises ConnectionResetError
+    done = run_cli("send", "--port", str(server.port), "sigo vivo")
+    assert (done.returncode, done.stdout) == (0, b"sigo vivo\n")
+    assert server.interrupt() == 0
+    assert any("Connection reset by peer" in line for line in server.lines), server.lines
+
+
+def test_example_client_against_every_sockecho_model(model: str) -> None:
+    with Server(ServerConfig(model=model, port=0)) as srv:
+        done = run_example_client(srv.address[1], "hola", "mundo")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "hola mundo\n", "")
+
+
+def test_example_client_against_example_server(start_example: type[ExampleServer]) -> None:
+    server = start_example("echo_server.py")
+    done = run_example_client(server.port)
+    assert (done.returncode, done.stdout) == (0, "hola\n")
+
+
+def test_example_client_reports_connection_refused() -> None:
+    with socket.socket() as probe:  # bound but not listening: connecting is refused
+        probe.bind(("127.0.0.1", 0))
+        done = run_example_client(probe.getsockname()[1])
+    assert done.returncode == 1
+    assert done.stderr.startswith("error en el socket: [Errno 111] Connection refused")
+
+
+@pytest.mark.parametrize("name", CONCURRENT_SERVERS)
+def test_exercise_2_servers_echo_to_two_clients_at_once(
+    name: str, start_example: type[ExampleServer]
+) -> None:
+    server = start_example(name)
+    with connect(server.address) as first, connect(server.address) as second:
+        first.sendall(b"primero\n")
+        second.sendall(b"segundo\n")  # the first is still connected: both are served
+        assert recv_exactly(second, 8) == b"segundo\n"
+        assert recv_exactly(first, 8) == b"primero\n"
+        first.sendall(b"otra vez\n")
+        assert recv_exactly(first, 9) == b"otra vez\n"
+
+
+def test_exercise_1_server_makes_a_second_client_wait(
+    start_example: type[ExampleServer],
+) -> None:
+    server = start_example("echo_server.py")
+    with connect(server.address) as first, connect(server.address) as second:
+        first.sendall(b"primero\n")
+        assert recv_exactly(first, 8) == b"primero\n"  # the server is now busy with `first`
+        second.sendall(b"segundo\n")  # queued by the kernel, not read by the server
+        second.settimeout(BUSY_PROBE)
+        with pytest.raises(TimeoutError):
+            second.recv(8)
+        second.settimeout(WAIT)
+        first.close()  # now accept() returns `second` and it gets its echo
+        assert recv_exactly(second, 8) == b"segundo\n"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+def test_examples_stand_alone_and_stay_short(path: Path) -> None:
+    text = path.read_text()
+    imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
+    assert not [line for line in imports if "sockecho" in line]
+    assert len(text.splitlines()) <= 60  # about 50 lines: a student reads it in one screen
+    assert "except OSError" in text
+    assert "finally:" in text

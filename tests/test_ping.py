@@ -1,0 +1,157 @@
+"""sockecho ping: RTT through real added delay, loss, per-probe lines, summary, exit status."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from sockecho import Server
+from sockecho.cli import main
+from sockecho.errors import ConfigError
+from sockecho.ping import DEFAULT_PORT, parse_target, ping
+from tests.faulty_peers import DelayingRelay, TcpPeer, UdpPeer, corrupting_handler, echo_handler
+
+PROBE_LINE = re.compile(
+    r"^(\d+) bytes from 127\.0\.0\.1:\d+: seq=(\d+)(?: connect=[\d.]+ ms)? time=([\d.]+) ms$"
+)
+SUMMARY = re.compile(r"rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Server]:
+    with Server(model="selectors", port=0) as srv:
+        yield srv
+
+
+def probe_times(output: str) -> list[float]:
+    return [float(match[3]) for line in output.splitlines() if (match := PROBE_LINE.match(line))]
+
+
+@pytest.mark.parametrize("connect_each", [False, True])
+def test_rtt_through_a_relay_adding_20_ms_each_way_is_about_40_ms(
+    echo_server: Server, connect_each: bool
+) -> None:
+    out = io.StringIO()
+    with DelayingRelay(echo_server.address, delay=0.020) as relay:
+        stats = ping(
+            *relay.address, count=3, interval=0.05, connect_each=connect_each, out=out, size=100
+        )
+    text = out.getvalue()
+    assert stats.transmitted == 3
+    assert stats.received == 3
+    times = probe_times(text)
+    assert len(times) == 3, text
+    assert all(35.0 <= t <= 200.0 for t in times), text
+    low, avg, high, mdev = map(float, SUMMARY.search(text).groups())  # type: ignore[union-attr]
+    assert 35.0 <= low <= avg <= high <= 200.0
+    assert mdev >= 0.0
+    assert "3 probes transmitted, 3 received, 0% probe loss" in text
+    if connect_each:
+        assert text.count("connect=") == 3
+
+
+def test_cli_prints_a_line_per_probe_and_the_summary(
+    echo_server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = echo_server.address[1]
+    assert main(["ping", "-c", "3", "-i", "0.01", "-s", "200", f"127.0.0.1:{port}"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"PING 127.0.0.1:{port} (tcp): 200 data bytes"
+    probes = [PROBE_LINE.match(line) for line in lines[1:4]]
+    assert [(m[1], m[2]) for m in probes if m] == [("200", "1"), ("200", "2"), ("200", "3")]
+    assert f"--- 127.0.0.1:{port} sockecho ping statistics ---" in out
+    assert SUMMARY.search(out)
+
+
+def test_udp_probes_dropped_by_the_server_count_as_loss(capsys: pytest.CaptureFixture[str]) -> None:
+    def odd_sequence(payload: bytes) -> bool:
+        return struct.unpack_from("!Q", payload)[0] % 2 == 1
+
+    with UdpPeer(drop=odd_sequence) as peer:
+        argv = [
+            "ping",
+            "--udp",
+            "-c",
+            "4",
+            "-i",
+            "0.01",
+            "-W",
+            "0.2",
+            f"127.0.0.1:{peer.address[1]}",
+        ]
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 probes transmitted, 2 received, 50% probe loss" in out
+    assert "seq=1 timeout after 0.2 s" in out
+    assert "seq=3 timeout after 0.2 s" in out
+    assert [m[2] for line in out.splitlines() if (m := PROBE_LINE.match(line))] == ["2", "4"]
+
+
+def test_every_probe_lost_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with UdpPeer(drop=lambda payload: True) as peer:
+        argv = [
+            "ping",
+            "--udp",
+            "-c",
+            "2",
+            "-i",
+            "0.01",
+            "-W",
+            "0.1",
+            f"127.0.0.1:{peer.address[1]}",
+        ]
+        assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "2 probes transmitted, 0 received, 100% probe loss" in out
+    assert "rtt min" not in out
+
+
+def test_refused_probes_are_lost_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with TcpPeer(echo_handler) as peer:
+        port = peer.address[1]
+    assert main(["ping", "-c", "2", "-i", "0.01", f"127.0.0.1:{port}"]) == 1
+    out = capsys.readouterr().out
+    assert "seq=1 connection refused" in out
+    assert "100% probe loss" in out
+    assert "2 errors" in out
+
+
+def test_a_corrupted_echo_is_a_lost_probe_not_a_reply() -> None:
+    out = io.StringIO()
+    with TcpPeer(corrupting_handler(every=2)) as peer:
+        stats = ping(*peer.address, count=4, interval=0.01, out=out)
+    assert stats.received == 2
+    assert stats.errors == 2
+    assert out.getvalue().count("echo differs from the probe") == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("example.org", ("example.org", DEFAULT_PORT)),
+        ("127.0.0.1:7", ("127.0.0.1", 7)),
+        ("[::1]:7007", ("::1", 7007)),
+        ("[::1]", ("::1", DEFAULT_PORT)),
+        ("::1", ("::1", DEFAULT_PORT)),
+    ],
+)
+def test_targets_parse_like_urls(text: str, expected: tuple[str, int]) -> None:
+    assert parse_target(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host:port", "host:0", "host:70000", "[::1"])
+def test_bad_targets_are_rejected(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_target(text)
+
+
+def test_bad_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ping", "localhost:nope"])
+    assert exit_info.value.code == 2
+    assert "bad port" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""Promise 9, graceful shutdown, through the real command and real signals, for every model.
+
+On SIGTERM (or SIGINT) the server stops accepting at once, lets open
+connections go on echoing for up to ``--drain-timeout`` seconds, closes what is
+left, and exits 0. A second signal skips the rest of the drain.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+from tests.conftest import WAIT, ServeProcess, connect, recv_exactly, recv_until_eof
+from tests.procinfo import wait_until
+
+
+def refuses_new_clients(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=WAIT):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_sigterm_stops_accepting_but_lets_open_clients_finish_then_exits_0(
+    model: str, serve_process: type[ServeProcess]
+) -> None:
+    srv = serve_process("--model", model, "--port", "0", "--drain-timeout", "10")
+    with connect(srv.address) as sock:
+        sock.sendall(b"before")
+        assert recv_exactly(sock, 6) == b"before"
+        stopped_at = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.wait_for_line("SIGTERM: stopping")
+        assert wait_until(lambda: refuses_new_clients(srv.address), WAIT)
+        payload = bytes(range(256)) * 4096  # 1 MiB, echoed during the drain
+        sock.sendall(payload)
+        assert recv_exactly(sock, len(payload)) == payload
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(sock) == b""
+        assert srv.proc.wait(WAIT) == 0
+    assert time.monotonic() - stopped_at < 10, "waited for the drain timeout although done"
+
+
+def test_drain_timeout_closes_clients_still_open_then_exits_0(
+    model: str, serve_process: type[ServeProcess]
+) -> None:
+    srv = serve_process("--model", model, "--port", "0", "--drain-timeout", "0.5")
+    with connect(srv.address) as lingering:
+        lingering.sendall(b"x")
+        assert recv_exactly(lingering, 1) == b"x"
+        stopped_at = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert recv_until_eof(lingering) == b""  # closed by the server after the drain
+        assert time.monotonic() - stopped_at >= 0.4
+        assert srv.proc.wait(WAIT) == 0
+
+
+def test_second_signal_exits_at_once(model: str, serve_process: type[ServeProcess]) -> None:
+    srv = serve_process("--model", model, "--port", "0", "--drain-timeout", "60")
+    with connect(srv.address) as lingering:
+        lingering.sendall(b"x")
+        assert recv_exactly(lingering, 1) == b"x"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.wait_for_line("SIGTERM: stopping")
+        stopped_at = time.monotonic()
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(WAIT) == 0
+        assert time.monotonic() - stopped_at < 5  # not the 60 s drain
+        assert recv_until_eof(lingering) == b""

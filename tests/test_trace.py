@@ -1,0 +1,363 @@
+"""``--trace``: the narration is what really happened, in order, for every model and the client.
+
+The tests run a scripted session (connect, send b'hola\\n', read the echo, close)
+and parse the trace back into calls, then check the order of the lifecycle,
+that the descriptor ``accept`` returned is the one ``recv``/``send``/``close``
+use, and the byte counts.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import select
+import selectors
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from sockecho import Server, ServerConfig
+from sockecho.servers.base import SocketCalls
+from sockecho.trace import (
+    PREVIEW_BYTES,
+    TracedSelector,
+    Tracer,
+    preview,
+    traced_calls,
+    traced_socket_class,
+)
+from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly, reset, run_cli
+
+#: One trace line: ``role  name(args)``, then `` ...  (why)`` or `` -> result`` or nothing.
+LINE = re.compile(
+    r"^(?P<role>\S+)  (?P<name>[\w.]+)\((?P<args>.*?)\)"
+    r"(?:(?P<waiting> \.\.\.) +\((?P<why>blocks.*)\)| +-> (?P<result>.*))?$"
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    role: str
+    name: str
+    args: str
+    result: str | None
+    waiting: bool
+
+
+def parse(text: str) -> list[Call]:
+    calls = []
+    for line in text.splitlines():
+        match = LINE.match(line)
+        assert match, f"not a trace line: {line!r}"
+        calls.append(
+            Call(
+                match["role"],
+                match["name"],
+                match["args"],
+                match["result"],
+                match["waiting"] is not None,
+            )
+        )
+    return calls
+
+
+class Script:
+    """Finds expected calls in order in a trace; each step may bind values for later steps."""
+
+    def __init__(self, calls: list[Call]) -> None:
+        self.calls = calls
+        self.position = 0
+
+    def expect(self, predicate: Callable[[Call], bool], what: str) -> Call:
+        for index in range(self.position, len(self.calls)):
+            call = self.calls[index]
+            if not call.waiting and predicate(call):
+                self.position = index + 1
+                return call
+        shown = "\n".join(map(str, self.calls[self.position :]))
+        raise AssertionError(f"expected {what} after position {self.position}; rest:\n{shown}")
+
+
+def fd_in(result: str | None) -> int:
+    assert result is not None
+    match = re.match(r"fd (\d+)", result)
+    assert match, result
+    return int(match[1])
+
+
+@pytest.fixture
+def trace_stream() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def traced_server(model: str, trace_stream: io.StringIO) -> Iterator[Server]:
+    tracer = Tracer("server", trace_stream, color=False)
+    config = ServerConfig(model=model, port=0, drain_timeout=1.0)
+    with Server(config, calls=traced_calls(tracer)) as srv:
+        yield srv
+
+
+def run_session(srv: Server) -> int:
+    """Connect, send b'hola\\n', read it back, close; return the client's own port."""
+    with connect(srv.address) as sock:
+        client_port = int(sock.getsockname()[1])
+        sock.sendall(b"hola\n")
+        assert recv_exactly(sock, 5) == b"hola\n"
+    assert srv.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
+    return client_port
+
+
+def test_trace_narrates_the_whole_server_lifecycle_in_order(
+    model: str, traced_server: Server, trace_stream: io.StringIO
+) -> None:
+    client_port = run_session(traced_server)
+    traced_server.stop()
+    calls = parse(trace_stream.getvalue())
+    script = Script(calls)
+
+    created = script.expect(lambda c: c.name == "socket", "socket()")
+    assert created.args == "AF_INET, SOCK_STREAM"
+    listener = fd_in(created.result)
+    script.expect(
+        lambda c: (
+            c.name == "setsockopt" and c.args == f"fd {listener}, SOL_SOCKET, SO_REUSEADDR, 1"
+        ),
+        "SO_REUSEADDR on the listener",
+    )
+    bound = script.expect(lambda c: c.name == "bind", "bind()")
+    assert bound.args == f"fd {listener}, ('127.0.0.1', 0)"
+    assert bound.result is not None
+    assert bound.result.startswith(f"port {traced_server.address[1]} ")
+    script.expect(lambda c: c.name == "listen" and c.args == f"fd {listener}, 128", "listen()")
+
+    accepted = script.expect(
+        lambda c: (
+            c.name == "accept"
+            and c.args == f"fd {listener}"
+            and c.result is not None
+            and c.result.startswith("fd ")
+        ),
+        "accept() returning a connection",
+    )
+    conn = fd_in(accepted.result)
+    assert accepted.result == f"fd {conn}, peer 127.0.0.1:{client_port}"
+    assert conn != listener
+
+    reads = ("recv", "recv_into")
+    # How each model learns that the client's bytes are there before reading them.
+    if model == "select":
+        script.expect(
+            lambda c: (
+                c.name == "select"
+                and c.result is not None
+                and re.search(rf"readable \[.*\b{conn}\b.*\]", c.result) is not None
+            ),
+            "select() reporting the connection readable",
+        )
+    elif model in ("selectors", "asyncio"):
+        script.expect(
+            lambda c: c.name == "epoll_ctl" and c.args == f"ADD, fd {conn}, READ",
+            "the connection registered for reading",
+        )
+        script.expect(
+            lambda c: c.name == "epoll_wait" and f"fd {conn} readable" in (c.result or ""),
+            "epoll_wait() reporting the connection readable",
+        )
+    else:  # blocking models: the recv itself waits, and says so first
+        script.expect(lambda c: c.name == "settimeout" and c.args == f"fd {conn}, 300.0", "idle")
+        waiting = [c for c in calls[script.position :] if c.waiting]
+        assert waiting[0].name == "recv"
+        assert waiting[0].args == f"fd {conn}, 65536"
+    received = script.expect(
+        lambda c: c.name in reads and c.args == f"fd {conn}, 65536", "the first read"
+    )
+    assert received.result == "5 bytes b'hola\\n'"
+    echoed = script.expect(lambda c: c.name in ("send", "sendall"), "the echo")
+    assert echoed.args == f"fd {conn}, 5 bytes"
+    assert echoed.result == ("5 bytes" if echoed.name == "send" else None)
+    eof = script.expect(lambda c: c.name in reads and c.args.startswith(f"fd {conn},"), "EOF")
+    assert eof.result == "0 bytes: b'' (peer closed its side)"
+    script.expect(lambda c: c.name == "close" and c.args == f"fd {conn}", "close(connection)")
+    script.expect(lambda c: c.name == "close" and c.args == f"fd {listener}", "close(listener)")
+
+    # Nothing used the connection's descriptor outside accept() .. close().
+    opened = calls.index(accepted)
+    closed = next(i for i, c in enumerate(calls) if c.name == "close" and c.args == f"fd {conn}")
+    for index, call in enumerate(calls):
+        if call.args.startswith(f"fd {conn},") or call.args == f"fd {conn}":
+            if call.name.startswith("epoll"):
+                continue  # interest changes are on the epoll descriptor's list
+            assert opened < index <= closed, f"{call} outside the connection's life"
+
+
+def test_trace_shows_a_reset_with_its_errno(
+    traced_server: Server, trace_stream: io.StringIO
+) -> None:
+    with connect(traced_server.address) as sock:
+        sock.sendall(b"hola\n")
+        assert recv_exactly(sock, 5) == b"hola\n"  # the server is now reading again
+        reset(sock)
+    assert traced_server.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
+    traced_server.stop()
+    calls = parse(trace_stream.getvalue())
+    script = Script(calls)
+    accepted = script.expect(
+        lambda c: c.name == "accept" and (c.result or "").startswith("fd "), "accept()"
+    )
+    conn = fd_in(accepted.result)
+    script.expect(lambda c: c.name in ("recv", "recv_into") and "5 bytes" in (c.result or ""), "")
+    failed = script.expect(
+        lambda c: c.name in ("recv", "recv_into") and c.args.startswith(f"fd {conn},"),
+        "the read that meets the reset",
+    )
+    assert failed.result == ("ConnectionResetError [ECONNRESET] (the peer reset the connection)")
+    script.expect(lambda c: c.name == "close" and c.args == f"fd {conn}", "close after reset")
+
+
+@pytest.mark.parametrize("model", CONCURRENT_MODELS)
+def test_concurrent_connections_never_interleave_mid_line(
+    traced_server: Server, trace_stream: io.StringIO
+) -> None:
+    clients = 8
+
+    def session(index: int) -> None:
+        message = f"client {index}\n".encode()
+        with connect(traced_server.address) as sock:
+            for _ in range(5):
+                sock.sendall(message)
+                assert recv_exactly(sock, len(message)) == message
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert traced_server.stats.wait_for(lambda s: s.connections_closed == clients, WAIT)
+    calls = parse(trace_stream.getvalue())  # every line is whole, or parse() fails
+    accepted = [c for c in calls if c.name == "accept" and (c.result or "").startswith("fd ")]
+    assert len(accepted) == clients
+
+
+def test_a_server_without_trace_uses_the_plain_standard_library(model: str) -> None:
+    with Server(model=model, port=0) as srv:
+        assert srv.model.calls == SocketCalls(
+            socket.socket, select.select, selectors.DefaultSelector
+        )
+        assert all(type(sock) is socket.socket for sock in srv.model.listeners)
+
+
+def test_send_trace_narrates_the_client_lifecycle() -> None:
+    with Server(model="selectors", port=0) as srv:
+        port = srv.address[1]
+        done = run_cli("send", "--trace", "--port", str(port), "hola")
+    assert done.returncode == 0
+    assert done.stdout == b"hola\n"
+    stderr = done.stderr.decode()
+    assert "\x1b[" not in stderr  # piped: no colour
+    script = Script(parse(stderr))
+    created = script.expect(lambda c: c.name == "socket", "socket()")
+    fd = fd_in(created.result)
+    script.expect(lambda c: c.name == "settimeout" and c.args == f"fd {fd}, 10.0", "timeout")
+    connected = script.expect(lambda c: c.name == "connect", "connect()")
+    assert connected.args == f"fd {fd}, ('127.0.0.1', {port})"
+    assert connected.result == "connected"
+    script.expect(lambda c: c.args == f"fd {fd}, IPPROTO_TCP, TCP_NODELAY, 1", "TCP_NODELAY")
+    sent = script.expect(lambda c: c.name == "sendall", "sendall()")
+    assert sent.args == f"fd {fd}, 5 bytes"
+    received = script.expect(lambda c: c.name == "recv", "recv()")
+    assert (received.args, received.result) == (f"fd {fd}, 5", "5 bytes b'hola\\n'")
+    script.expect(lambda c: c.name == "close" and c.args == f"fd {fd}", "close()")
+    assert all(c.role == "client" for c in script.calls)
+
+
+def test_send_trace_shows_connection_refused_with_errno() -> None:
+    with socket.socket() as probe:  # a port nothing listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        done = run_cli("send", "--trace", "--port", str(port), "hola")
+    assert done.returncode == 1
+    lines = done.stderr.decode().splitlines()
+    assert lines[-1].startswith(f"sockecho: error: connection refused by 127.0.0.1:{port}")
+    calls = parse("\n".join(lines[:-1]))
+    refused = [c for c in calls if c.name == "connect" and not c.waiting]
+    assert (
+        refused[0].result == "ConnectionRefusedError [ECONNREFUSED] (nothing listens on that port)"
+    )
+
+
+def test_partial_send_is_shown_as_partial() -> None:
+    tracer_out = io.StringIO()
+    cls = traced_socket_class(Tracer("client", tracer_out, color=False))
+    left, right = socket.socketpair()
+    with right, cls(fileno=left.detach()) as sock:
+        sock.setblocking(False)
+        big = bytes(16 * 1024 * 1024)  # more than any socket buffer: the kernel takes a part
+        sent = sock.send(big)
+    assert 0 < sent < len(big)
+    line = next(c for c in parse(tracer_out.getvalue()) if c.name == "send")
+    assert line.result == (
+        f"{sent} of {len(big)} bytes (a partial send: the rest must be sent later)"
+    )
+
+
+def test_payload_preview_is_truncated() -> None:
+    assert preview(b"hola\n") == "b'hola\\n'"
+    long = b"x" * (PREVIEW_BYTES + 10)
+    assert preview(long) == repr(b"x" * PREVIEW_BYTES) + "..."
+
+
+def test_colour_on_request_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    coloured = io.StringIO()
+    Tracer("server", coloured, color=True).returned("close(fd 4)")
+    assert "\x1b[" in coloured.getvalue()
+    assert "close(fd 4)" in coloured.getvalue()
+
+    class FakeTerminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = FakeTerminal()
+    Tracer("server", plain).returned("close(fd 4)")
+    assert plain.getvalue() == "server  close(fd 4)\n"
+    monkeypatch.delenv("NO_COLOR")
+    terminal = FakeTerminal()
+    Tracer("server", terminal).returned("close(fd 4)")
+    assert "\x1b[" in terminal.getvalue()
+
+
+def test_traced_selector_narrates_interest_and_readiness() -> None:
+    out = io.StringIO()
+    left, right = socket.socketpair()
+    with left, right, TracedSelector(Tracer("server", out, color=False)) as selector:
+        selector.register(left, selectors.EVENT_READ)
+        right.sendall(b"x")
+        ready = selector.select(WAIT)
+        selector.modify(left, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        selector.unregister(left)
+    fd = ready[0][0].fd
+    assert [key.fd for key, _ in ready] == [fd]
+    calls = [c for c in parse(out.getvalue()) if not c.waiting]
+    epoll_fd = fd_in(calls[0].result)
+    assert [(c.name, c.args, c.result) for c in calls] == [
+        ("epoll_create", "", f"fd {epoll_fd}"),
+        ("epoll_ctl", f"ADD, fd {fd}, READ", None),
+        ("epoll_wait", f"timeout {WAIT:.2f}", f"fd {fd} readable"),
+        ("epoll_ctl", f"MOD, fd {fd}, READ|WRITE", None),
+        ("epoll_ctl", f"DEL, fd {fd}", None),
+        ("close", f"fd {epoll_fd}", None),
+    ]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="epoll is Linux's")
+def test_epoll_descriptor_is_announced_and_closed() -> None:
+    out = io.StringIO()
+    TracedSelector(Tracer("server", out, color=False)).close()
+    calls = parse(out.getvalue())
+    assert [c.name for c in calls] == ["epoll_create", "close"]
+    assert calls[1].args == f"fd {fd_in(calls[0].result)}"
