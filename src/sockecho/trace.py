@@ -344,6 +344,22 @@ class TracedSocket(socket.socket):
             lambda sent: _sent(sent, size),
         )
 
+    def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
+        return self._run(
+            f"recvfrom(fd {self.fileno()}, {bufsize})",
+            lambda: super(TracedSocket, self).recvfrom(bufsize, flags),
+            lambda pair: f"{_datagram(pair[0])} from {format_sockaddr(pair[1])}",
+            wait="waits for a datagram",
+        )
+
+    def sendto(self, data: Any, *args: Any) -> int:
+        size, address = memoryview(data).nbytes, args[-1]
+        return self._run(
+            f"sendto(fd {self.fileno()}, {size} bytes, {format_sockaddr(address)})",
+            lambda: super(TracedSocket, self).sendto(data, *args),
+            lambda sent: f"{sent} bytes",
+        )
+
     def shutdown(self, how: int, /) -> None:
         call = f"shutdown(fd {self.fileno()}, {_SHUTDOWN_NAMES.get(how, how)})"
         self._run(call, lambda: super(TracedSocket, self).shutdown(how), _nothing)
@@ -363,6 +379,10 @@ def _received(data: bytes | memoryview) -> str:
     if not data:
         return "0 bytes: b'' (peer closed its side)"
     return f"{len(data)} bytes {preview(data)}"
+
+
+def _datagram(data: bytes) -> str:
+    return f"{len(data)} bytes {preview(data)}" if data else "an empty datagram"
 
 
 def _sent(sent: int, size: int) -> str:

@@ -245,3 +245,17 @@ def test_cli_certificate_without_key_is_a_usage_error(certs: Certificates) -> No
     result = run_cli("serve", "--port", "0", "--tls-cert", str(certs.cert))
     assert result.returncode == 2
     assert b"both a certificate and its private key" in result.stderr
+
+
+def test_tls_over_ipv6_with_udp_beside_it(
+    model: str, certs: Certificates, context: ssl.SSLContext
+) -> None:
+    config = tls_config(model, certs, host="::1", udp=True)
+    with Server(config) as srv:
+        port = srv.address[1]
+        assert srv.endpoints == [f"tls://[::1]:{port}", f"udp://[::1]:{port}"]
+        assert client.echo(b"tls over ipv6\n", "::1", port, tls=context) == b"tls over ipv6\n"
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(WAIT)
+            udp.sendto(b"plain udp", ("::1", port))
+            assert udp.recv(100) == b"plain udp"
