@@ -33,7 +33,6 @@ ANNOUNCED_DOCS = {
     "docs/measuring.md",
     "docs/tutorial.md",
     "docs/tutorial.es.md",
-    "docs/security.md",
     "docs/PERFORMANCE.md",
 }
 #: Subcommands the README documents in full; the others (bench, ping) have their own docs.

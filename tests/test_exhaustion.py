@@ -13,12 +13,26 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import resource
+import selectors
+import threading
 import time
+from typing import Any
 
 import pytest
 
-from tests.conftest import CONCURRENT_MODELS, WAIT, ServeProcess, connect, recv_exactly
+from sockecho import Server, ServerConfig
+from sockecho.servers.base import SocketCalls
+from tests.conftest import (
+    CONCURRENT_MODELS,
+    WAIT,
+    ServeProcess,
+    connect,
+    recv_exactly,
+    recv_until_eof,
+)
 from tests.procinfo import cpu_seconds, descriptors, wait_until
 
 #: Seconds over which the CPU use of a server that is out of descriptors is measured.
@@ -139,11 +153,48 @@ def test_descriptors_above_fd_setsize_are_refused_by_select_only_and_never_crash
         assert notices == []
 
 
+@pytest.mark.parametrize(
+    ("low_free", "options"),
+    [("0", []), ("3", ["--udp"])],  # 3: the wake-up pair and the TCP listener fit, UDP does not
+    ids=["tcp", "udp"],
+)
 def test_select_refuses_to_start_when_its_own_sockets_are_above_fd_setsize(
     serve_process: type[ServeProcess],
+    monkeypatch: pytest.MonkeyPatch,
+    low_free: str,
+    options: list[str],
 ) -> None:
-    srv = crowded(serve_process)("--model", "select", "--port", "0")
+    monkeypatch.setenv("SOCKECHO_TEST_LOW_FREE", low_free)
+    srv = crowded(serve_process)("--model", "select", "--port", "0", *options)
     assert srv.proc.wait(WAIT) == 1
     srv.close()
     assert not srv.endpoints  # no ready line for a server that cannot serve
     assert srv.stderr_lines[-1].startswith("sockecho: error: the select model cannot watch")
+
+
+class RefusingSelector(selectors.EpollSelector):
+    """An epoll selector that fails one registration when armed, as epoll_ctl does past
+    ``fs.epoll.max_user_watches`` (ENOSPC)."""
+
+    armed = threading.Event()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if self.armed.is_set():
+            self.armed.clear()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().register(fileobj, events, data)
+
+
+def test_selectors_model_ends_only_the_connection_epoll_refuses() -> None:
+    calls = SocketCalls(new_selector=RefusingSelector)
+    with Server(ServerConfig(model="selectors", port=0, drain_timeout=0.5), calls=calls) as srv:
+        with connect(srv.address) as first:  # once served, the listeners are registered
+            first.sendall(b"1")
+            assert recv_exactly(first, 1) == b"1"
+        RefusingSelector.armed.set()  # the next registration is the next client's
+        with connect(srv.address) as refused:
+            assert recv_until_eof(refused) == b""
+        assert srv.stats.wait_for(lambda s: s.connection_errors == 1, WAIT)
+        with connect(srv.address) as served:
+            served.sendall(b"next")
+            assert recv_exactly(served, 4) == b"next"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,7 +18,7 @@ from sockecho.errors import ConfigError
 from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly, recv_until_eof
 
 #: Seconds: short, so the tests are quick, but well above the time one echo takes.
-IDLE_TIMEOUT = 0.3
+IDLE_TIMEOUT = 0.5
 
 
 def echo_once(sock: socket.socket, message: bytes = b"ping") -> bytes:
@@ -34,11 +35,10 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 
 @pytest.fixture
-def idle_server(model: str) -> Server:
-    srv = Server(ServerConfig(model=model, port=0, idle_timeout=IDLE_TIMEOUT, drain_timeout=0.5))
-    srv.start()
-    yield srv  # type: ignore[misc]
-    srv.stop(timeout=WAIT)
+def idle_server(model: str) -> Iterator[Server]:
+    config = ServerConfig(model=model, port=0, idle_timeout=IDLE_TIMEOUT, drain_timeout=0.5)
+    with Server(config) as srv:
+        yield srv
 
 
 def test_silent_client_is_closed_after_the_idle_timeout_and_counted(idle_server: Server) -> None:
@@ -65,12 +65,12 @@ def test_client_that_stops_reading_is_idle_too(idle_server: Server) -> None:
     assert idle_server.snapshot().connections_active == 0
 
 
-def test_client_active_for_three_idle_timeouts_stays_open(idle_server: Server) -> None:
+def test_client_active_for_two_idle_timeouts_stays_open(idle_server: Server) -> None:
     with connect(idle_server.address) as sock:
-        until = time.monotonic() + 3 * IDLE_TIMEOUT
-        while time.monotonic() < until:  # traffic every fifth of the timeout
+        until = time.monotonic() + 2 * IDLE_TIMEOUT
+        while time.monotonic() < until:  # traffic every tenth of the timeout
             assert echo_once(sock, b".") == b"."
-            time.sleep(IDLE_TIMEOUT / 5)  # pacing the traffic, not waiting for the server
+            time.sleep(IDLE_TIMEOUT / 10)  # pacing the traffic, not waiting for the server
         assert echo_once(sock, b"still open") == b"still open"
     assert idle_server.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
     assert idle_server.snapshot().idle_closed == 0
@@ -122,3 +122,20 @@ def test_select_model_defaults_to_its_ceiling_of_1000_and_refuses_more() -> None
     assert ServerConfig().connection_limit(MODELS["selectors"].connection_ceiling) == 10_000
     with pytest.raises(ConfigError, match="ceiling of 1000"):
         Server(ServerConfig(model="select", port=0, max_connections=1001))
+
+
+@pytest.mark.parametrize("model", CONCURRENT_MODELS)
+def test_max_per_source_on_a_dual_stack_socket_limits_ipv4_clients_and_spares_ipv6_ones(
+    model: str,
+) -> None:
+    config = ServerConfig(model=model, host="::", port=0, max_per_source=1, drain_timeout=0.5)
+    with Server(config) as srv:
+        port = srv.address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as mine:
+            assert echo_once(mine) == b"ping"
+            # The same host through an IPv4-mapped IPv6 address is the same source.
+            with socket.create_connection(("::ffff:127.0.0.1", port), timeout=WAIT) as mapped:
+                assert closed_by_server(mapped)
+            with socket.create_connection(("::1", port), timeout=WAIT) as other:
+                assert echo_once(other) == b"ping"  # ::1 is another source
+    assert srv.snapshot().connections_rejected == 1

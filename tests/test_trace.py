@@ -243,6 +243,37 @@ def test_concurrent_connections_never_interleave_mid_line(
     assert len(accepted) == clients
 
 
+def test_every_listen_call_uses_the_configured_backlog(model: str) -> None:
+    out = io.StringIO()
+    config = ServerConfig(model=model, port=0, backlog=64)
+    with Server(config, calls=traced_calls(Tracer("server", out, color=False))):
+        pass
+    listens = [c for c in parse(out.getvalue()) if c.name == "listen"]
+    assert listens
+    assert all(c.args.endswith(", 64") for c in listens), listens
+
+
+def test_udp_datagrams_are_narrated(model: str) -> None:
+    out = io.StringIO()
+    config = ServerConfig(model=model, port=0, udp=True, drain_timeout=1.0)
+    with Server(config, calls=traced_calls(Tracer("server", out, color=False))) as srv:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(WAIT)
+            sock.sendto(b"hola\n", srv.datagram_addresses[0])
+            assert sock.recvfrom(100)[0] == b"hola\n"
+            client = f"127.0.0.1:{sock.getsockname()[1]}"
+            client_tuple = f"('127.0.0.1', {sock.getsockname()[1]})"
+        assert srv.stats.wait_for(lambda s: s.datagrams_echoed == 1, WAIT)
+    script = Script(parse(out.getvalue()))
+    created = script.expect(lambda c: c.args == "AF_INET, SOCK_DGRAM", "the UDP socket")
+    fd = fd_in(created.result)
+    received = script.expect(lambda c: c.name.startswith("recvfrom"), "the datagram")
+    assert received.args.startswith(f"fd {fd}, ")
+    assert received.result == f"5 bytes b'hola\\n' from {client}"
+    sent = script.expect(lambda c: c.name == "sendto", "the echo")
+    assert (sent.args, sent.result) == (f"fd {fd}, 5 bytes, {client_tuple}", "5 bytes")
+
+
 def test_a_server_without_trace_uses_the_plain_standard_library(model: str) -> None:
     with Server(model=model, port=0) as srv:
         assert srv.model.calls == SocketCalls(
@@ -374,7 +405,8 @@ def test_trace_narrates_a_udp_echo(model: str, trace_stream: io.StringIO) -> Non
         client.settimeout(WAIT)
         client.sendto(b"hola\n", srv.datagram_addresses[0])
         assert client.recv(100) == b"hola\n"
-        peer = f"127.0.0.1:{client.getsockname()[1]}"
+        port = client.getsockname()[1]
+        peer = f"127.0.0.1:{port}"
         assert srv.stats.wait_for(lambda s: s.datagrams_echoed == 1, WAIT)
     script = Script(parse(trace_stream.getvalue()))
     created = script.expect(lambda c: c.name == "socket" and "SOCK_DGRAM" in c.args, "socket()")
@@ -385,4 +417,37 @@ def test_trace_narrates_a_udp_echo(model: str, trace_stream: io.StringIO) -> Non
     assert int(size) >= 65535  # room for any datagram (asyncio asks for 256 KiB)
     assert received.result == f"5 bytes b'hola\\n' from {peer}"
     sent = script.expect(lambda c: c.name == "sendto", "sendto()")
-    assert (sent.args, sent.result) == (f"fd {udp}, 5 bytes, {peer}", "5 bytes")
+    assert sent.args == f"fd {udp}, 5 bytes, ('127.0.0.1', {port})"
+    assert sent.result == "5 bytes"
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_ping_trace_narrates_each_probe(udp: bool) -> None:
+    with Server(model="selectors", port=0, udp=udp) as srv:
+        port = srv.address[1]
+        done = run_cli(
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.05",
+            "--trace",
+            *(["--udp"] if udp else []),
+            f"127.0.0.1:{port}",
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().count(f"56 bytes from 127.0.0.1:{port}: seq=") == 2
+    script = Script(parse(done.stderr.decode()))
+    kind = "SOCK_DGRAM" if udp else "SOCK_STREAM"
+    fd = fd_in(script.expect(lambda c: c.args == f"AF_INET, {kind}", "socket()").result)
+    connected = script.expect(lambda c: c.name == "connect", "connect()")
+    assert connected.result == (
+        "default peer set (a UDP connect sends nothing)" if udp else "connected"
+    )
+    for _probe in range(2):
+        sent = script.expect(lambda c: c.name in ("send", "sendall"), "a probe")
+        assert sent.args == f"fd {fd}, 56 bytes"
+        echoed = script.expect(lambda c: c.name == "recv", "its echo")
+        assert echoed.result is not None
+        assert echoed.result.startswith("56 bytes ")
+    script.expect(lambda c: c.name == "close" and c.args == f"fd {fd}", "close()")

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         help=f"server design (default: {DEFAULT_MODEL}); 'sockecho models' describes each",
     )
-    add_address_arguments(serve)
+    add_address_arguments(serve, listening=True)
     serve.add_argument(
         "--backlog",
         type=positive_int,
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=seconds,
         default=DEFAULT_DRAIN_TIMEOUT,
         metavar="SECONDS",
-        help="on SIGTERM, let open connections finish for this long "
+        help="on SIGINT or SIGTERM, let open connections finish for this long "
         f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
     add_trace_argument(serve)
@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_address_arguments(parser: argparse.ArgumentParser) -> None:
+def add_address_arguments(parser: argparse.ArgumentParser, *, listening: bool = False) -> None:
+    """--host and --port; ``listening`` for a server (where port 0 means "pick one")."""
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"host name or address (default: {DEFAULT_HOST})"
     )
@@ -242,7 +243,9 @@ def add_address_arguments(parser: argparse.ArgumentParser) -> None:
         "--port",
         type=port_number,
         default=DEFAULT_PORT,
-        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)",
+        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)"
+        if listening
+        else f"the server's port (default: {DEFAULT_PORT})",
     )
 
 
@@ -449,12 +452,18 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: sys.argv[1:]) and return the exit code."""
+    """Run the command line ``argv`` (default: sys.argv[1:]) and return the exit code.
+
+    Usage errors, ``--help`` and ``--version`` return argparse's code (2, 0, 0)
+    after it printed its message; nothing here calls ``sys.exit``.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args)
     try:
+        args = parser.parse_args(argv)
+        configure_logging(args)
         code: int = args.run(args)
+    except SystemExit as exc:  # argparse: usage error, --help, --version
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     except SockechoError as exc:
         return fail(str(exc))
     except BrokenPipeError:

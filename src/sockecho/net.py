@@ -1,9 +1,9 @@
 """Addresses and listening sockets: the socket → bind → listen part every model shares.
 
 ``open_listeners`` resolves the host with ``getaddrinfo`` and opens one listening
-socket per address it gives (``localhost`` → 127.0.0.1 and ::1), all on the same
-port. ``::`` is opened dual-stack (``IPV6_V6ONLY`` off), so one socket serves
-IPv4 and IPv6 clients. ``open_datagram_sockets`` does the same for UDP (socket →
+socket per address it gives (``localhost`` → 127.0.0.1, and ::1 where the hosts file
+says so), all on the same port. ``::`` is opened dual-stack (``IPV6_V6ONLY`` off), so
+one socket serves IPv4 and IPv6 clients. ``open_datagram_sockets`` does the same for UDP (socket →
 bind), on the port number the TCP listeners got. OS errors become
 :class:`~sockecho.errors.BindError` or :class:`~sockecho.errors.ResolveError`
 here, at the boundary.

@@ -124,8 +124,10 @@ class Pinger:
         timeout: float = DEFAULT_TIMEOUT,
         out: TextIO | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        socket_class: type[socket.socket] = socket.socket,
     ) -> None:
         self.udp = udp
+        self.socket_class = socket_class  # --trace passes a narrating one
         family, sockaddr = resolve(
             host, port, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM, passive=False
         )[0]
@@ -164,7 +166,7 @@ class Pinger:
         connect_time: float | None = None
         try:
             if self.sock is None:
-                sock = socket.socket(self.family, socket.SOCK_STREAM)
+                sock = self.socket_class(self.family, socket.SOCK_STREAM)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.settimeout(self.timeout)
                 started = self.clock()
@@ -213,7 +215,7 @@ class Pinger:
 
     def _probe_udp(self, sequence: int, payload: bytes) -> None:
         if self.sock is None:
-            self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
+            self.sock = self.socket_class(self.family, socket.SOCK_DGRAM)
             self.sock.connect(self.sockaddr)
         sock = self.sock
         started = self.clock()
@@ -275,10 +277,18 @@ def ping(
     timeout: float = DEFAULT_TIMEOUT,
     out: TextIO | None = None,
     interrupted: Callable[[], bool] = lambda: False,
+    socket_class: type[socket.socket] = socket.socket,
 ) -> PingStats:
     """Send ``count`` probes ``interval`` seconds apart, print each and a summary."""
     pinger = Pinger(
-        host, port, size=size, udp=udp, connect_each=connect_each, timeout=timeout, out=out
+        host,
+        port,
+        size=size,
+        udp=udp,
+        connect_each=connect_each,
+        timeout=timeout,
+        out=out,
+        socket_class=socket_class,
     )
     proto = "udp" if udp else "tcp"
     pinger.say(f"PING {pinger.where} ({proto}): {size} data bytes")
@@ -300,7 +310,11 @@ def ping(
 
 def add_parser(commands: Any) -> None:
     """Add ``ping`` to the CLI's subcommands."""
-    from sockecho.cli import positive_int, seconds  # noqa: PLC0415 (cli imports this module)
+    from sockecho.cli import (  # noqa: PLC0415 (cli imports this module)
+        add_trace_argument,
+        positive_int,
+        seconds,
+    )
 
     parser = commands.add_parser(
         "ping",
@@ -344,11 +358,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--connect", action="store_true", help="a new TCP connection per probe (times connect)"
     )
+    add_trace_argument(parser)  # the narration's own cost is inside the times it prints
     parser.set_defaults(run=run_ping, parser=parser)
 
 
 def run_ping(args: argparse.Namespace) -> int:
-    from sockecho.cli import ExitCode  # noqa: PLC0415 (cli imports this module)
+    from sockecho.cli import ExitCode, tracer_for  # noqa: PLC0415 (cli imports this module)
 
     parser: argparse.ArgumentParser = args.parser
     try:
@@ -363,6 +378,7 @@ def run_ping(args: argparse.Namespace) -> int:
         parser.error("--connect is for TCP (UDP has no connection to time)")
     if args.timeout <= 0:
         parser.error("--timeout must be more than 0 seconds")
+    tracer = tracer_for(args, "client")
     stop = False
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -381,6 +397,7 @@ def run_ping(args: argparse.Namespace) -> int:
             connect_each=args.connect,
             timeout=args.timeout,
             interrupted=lambda: stop,
+            socket_class=tracer.socket_class() if tracer else socket.socket,
         )
     finally:
         signal.signal(signal.SIGINT, previous)

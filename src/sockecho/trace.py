@@ -2,12 +2,17 @@
 
 ::
 
-    server  socket(AF_INET, SOCK_STREAM)                 -> fd 3
-    server  bind(fd 3, ('127.0.0.1', 50010))
-    server  accept(fd 3) ...                           (blocks: a passive socket waits for a client)
-    server  accept(fd 3)                                 -> fd 4, peer 127.0.0.1:53122
-    server  recv(fd 4, 65536)                            -> 5 bytes b'hola\\n'
-    server  recv(fd 4, 65536)                            -> ConnectionResetError [ECONNRESET] ...
+    server  socket(AF_INET, SOCK_STREAM)                 -> fd 5
+    server  bind(fd 5, ('127.0.0.1', 50010))
+    server  listen(fd 5, 128)
+    server  epoll_wait(no timeout)                       -> fd 5 readable
+    server  accept(fd 5)                                 -> fd 7, peer 127.0.0.1:35404
+    server  recv(fd 7, 65536)                            -> 5 bytes b'hola\\n'
+    server  sendall(fd 7, 5 bytes)
+    server  recv(fd 7, 65536)                            -> 0 bytes: b'' (peer closed its side)
+    server  close(fd 7)
+
+(``sockecho serve --model iterative --trace``; docs/tutorial.md reads it line by line.)
 
 How it works
     Nothing here prints a canned story. The models make every socket through
@@ -20,6 +25,8 @@ How it works
     narrated from ``accept`` to ``close``. asyncio runs its event loop on a
     :class:`TracedSelector`, and its transports call ``recv_into``/``send`` on
     the same TracedSockets, so the asyncio model is narrated by the same code.
+    UDP sockets (``--udp``) come through the same seam; ``recvfrom``/``sendto``
+    are narrated with the peer's address.
 
 Blocking calls
     Before a call that can wait (``accept``, ``connect``, ``recv``, a readiness
@@ -35,10 +42,13 @@ What is not shown
     descriptors in the readiness waits.
 
 Cost
-    Tracing costs a line of formatting and a write per call, so it is for
-    watching, not for benchmarks. When it is off nothing of this module runs:
-    the models get the plain ``socket.socket``, ``select.select`` and
-    ``selectors.DefaultSelector``, with no wrapper and no ``if trace`` test.
+    Tracing costs a line of formatting and a write per call: about 20-30 µs
+    of server CPU per echo instead of 7-10 (``benchmarks/models_at_a_glance.py``),
+    so it is for watching, not for benchmarks. When it is off nothing of this
+    module runs (the CLI imports it only for ``--trace``): the models get the
+    plain ``socket.socket``, ``select.select`` and ``selectors.DefaultSelector``,
+    with no wrapper and no ``if trace`` test; measured, the server CPU per echo
+    is the same as before ``--trace`` existed (docs/tutorial.md, section 7).
 
 Output
     One whole line per write under a lock, so threads (the threading model, the
@@ -231,7 +241,7 @@ class TracedSocket(socket.socket):
         timeout = self.gettimeout()
         if timeout == 0.0:
             return None
-        return f"blocks: {why}" if timeout is None else f"blocks up to {timeout:g} s: {why}"
+        return f"blocks: {why}" if timeout is None else f"blocks up to {timeout:.3g} s: {why}"
 
     def _run(
         self,
@@ -264,7 +274,8 @@ class TracedSocket(socket.socket):
         self._run(call, lambda: super(TracedSocket, self).setblocking(flag), _nothing)
 
     def settimeout(self, value: float | None, /) -> None:
-        call = f"settimeout(fd {self.fileno()}, {value})"
+        shown = value if value is None else round(value, 3)  # a computed deadline: ms is enough
+        call = f"settimeout(fd {self.fileno()}, {shown})"
         self._run(call, lambda: super(TracedSocket, self).settimeout(value), _nothing)
 
     def bind(self, address: Any, /) -> None:
@@ -299,6 +310,9 @@ class TracedSocket(socket.socket):
 
     def connect(self, address: Any, /) -> None:
         call = f"connect(fd {self.fileno()}, {address!r})"
+        if self.type != socket.SOCK_STREAM:  # UDP: no handshake, only a default peer
+            self._run(call, lambda: super(TracedSocket, self).connect(address), _peer_set)
+            return
         self._run(
             call,
             lambda: super(TracedSocket, self).connect(address),
@@ -306,12 +320,19 @@ class TracedSocket(socket.socket):
             wait="the three-way handshake",
         )
 
+    def _waits_for(self) -> str:
+        return (
+            "waits for bytes from the peer"
+            if self.type == socket.SOCK_STREAM
+            else ("waits for a datagram")
+        )
+
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
         return self._run(
             f"recv(fd {self.fileno()}, {bufsize})",
             lambda: super(TracedSocket, self).recv(bufsize, flags),
-            _received,
-            wait="waits for bytes from the peer",
+            lambda data: _received(data, self.type == socket.SOCK_STREAM),
+            wait=self._waits_for(),
         )
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -319,8 +340,34 @@ class TracedSocket(socket.socket):
         return self._run(
             f"recv_into(fd {self.fileno()}, {nbytes or view.nbytes})",
             lambda: super(TracedSocket, self).recv_into(buffer, nbytes, flags),
-            lambda count: _received(view.cast("B")[:count]),
-            wait="waits for bytes from the peer",
+            lambda count: _received(view.cast("B")[:count], self.type == socket.SOCK_STREAM),
+            wait=self._waits_for(),
+        )
+
+    def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
+        return self._run(
+            f"recvfrom(fd {self.fileno()}, {bufsize})",
+            lambda: super(TracedSocket, self).recvfrom(bufsize, flags),
+            lambda pair: f"{_received(pair[0], False)} from {format_sockaddr(pair[1])}",
+            wait="waits for a datagram",
+        )
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
+        view = memoryview(buffer)
+        return self._run(
+            f"recvfrom_into(fd {self.fileno()}, {nbytes or view.nbytes})",
+            lambda: super(TracedSocket, self).recvfrom_into(buffer, nbytes, flags),
+            lambda pair: f"{_received(view.cast('B')[: pair[0]])} from {format_sockaddr(pair[1])}",
+            wait="waits for a datagram",
+        )
+
+    def sendto(self, *args: Any) -> int:
+        data, address = args[0], args[-1]  # sendto(data, address) or (data, flags, address)
+        size = memoryview(data).nbytes
+        return self._run(
+            f"sendto(fd {self.fileno()}, {size} bytes, {address!r})",
+            lambda: super(TracedSocket, self).sendto(*args),
+            lambda sent: _sent(sent, size),
         )
 
     def send(self, data: Any, flags: int = 0, /) -> int:
@@ -344,22 +391,6 @@ class TracedSocket(socket.socket):
             lambda sent: _sent(sent, size),
         )
 
-    def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
-        return self._run(
-            f"recvfrom(fd {self.fileno()}, {bufsize})",
-            lambda: super(TracedSocket, self).recvfrom(bufsize, flags),
-            lambda pair: f"{_datagram(pair[0])} from {format_sockaddr(pair[1])}",
-            wait="waits for a datagram",
-        )
-
-    def sendto(self, data: Any, *args: Any) -> int:
-        size, address = memoryview(data).nbytes, args[-1]
-        return self._run(
-            f"sendto(fd {self.fileno()}, {size} bytes, {format_sockaddr(address)})",
-            lambda: super(TracedSocket, self).sendto(data, *args),
-            lambda sent: f"{sent} bytes",
-        )
-
     def shutdown(self, how: int, /) -> None:
         call = f"shutdown(fd {self.fileno()}, {_SHUTDOWN_NAMES.get(how, how)})"
         self._run(call, lambda: super(TracedSocket, self).shutdown(how), _nothing)
@@ -375,14 +406,14 @@ def _nothing(_: object) -> None:
     return None
 
 
-def _received(data: bytes | memoryview) -> str:
+def _peer_set(_: None) -> str:
+    return "default peer set (a UDP connect sends nothing)"
+
+
+def _received(data: bytes | memoryview, stream: bool = True) -> str:
     if not data:
-        return "0 bytes: b'' (peer closed its side)"
+        return "0 bytes: b'' (peer closed its side)" if stream else "0 bytes (an empty datagram)"
     return f"{len(data)} bytes {preview(data)}"
-
-
-def _datagram(data: bytes) -> str:
-    return f"{len(data)} bytes {preview(data)}" if data else "an empty datagram"
 
 
 def _sent(sent: int, size: int) -> str:

@@ -285,7 +285,11 @@ class AsyncioServer(EchoServer):
     def connection_made(
         self, protocol: AnyEchoProtocol, transport: asyncio.Transport
     ) -> EchoSession | None:
-        session = self.admit(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
+        if peer is None:  # getpeername() failed: the client reset before we got to it
+            transport.abort()
+            return None
+        session = self.admit(peer)
         if session is None:
             transport.abort()
         else:
@@ -358,7 +362,10 @@ class AsyncioServer(EchoServer):
         if self.stopping:  # asked to stop before the loop existed
             self._stop_requested.set()
         servers = [
-            await self._loop.create_server(self._new_protocol, sock=listener)
+            # backlog: create_server() calls listen() again, with 100 unless told otherwise.
+            await self._loop.create_server(
+                self._new_protocol, sock=listener, backlog=self.config.backlog
+            )
             for listener in self.listeners
         ]
         datagram_transports = [

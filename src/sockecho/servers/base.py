@@ -212,7 +212,11 @@ class EchoServer(abc.ABC):
         """Decide about a freshly accepted client at ``addr``: a session to serve, or None
         when a limit is reached or the server is stopping (then close the socket at once)."""
         source = net.source_of(addr)
-        if self.stopping or not self.gate.admit(source):
+        if self.stopping:
+            self.stats.rejected()
+            log.debug("refused %s: the server is stopping", net.format_sockaddr(addr))
+            return None
+        if not self.gate.admit(source):
             self.stats.rejected()
             folded = self._rejections.note()
             if folded:
@@ -584,7 +588,7 @@ class NonBlockingModel(EchoServer):
             conn.setblocking(False)
             if self.tls_context is None:
                 self.sessions[conn] = session
-                self.watch(conn, session)
+                self.watch_or_drop(conn, session)
                 continue
             try:
                 conn = self.tls_context.wrap_socket(
@@ -631,7 +635,7 @@ class NonBlockingModel(EchoServer):
             return
         else:
             del self.handshakes[conn]
-        self.watch(conn, session)  # echo interest now, or the handshake's next step
+        self.watch_or_drop(conn, session)  # echo interest now, or the handshake's next step
 
     def forget(self, conn: socket.socket) -> None:
         """Stop waiting on connection ``conn`` (before it is closed). Default: nothing."""
@@ -704,7 +708,15 @@ class NonBlockingModel(EchoServer):
         elif session.wants_read and tls_buffered(conn):
             self.on_readable(conn, session)  # reading resumed below low water: catch up
         else:
+            self.watch_or_drop(conn, session)
+
+    def watch_or_drop(self, conn: socket.socket, session: EchoSession) -> None:
+        """:meth:`watch`, ending only this connection if the kernel refuses (epoll_ctl can
+        fail with ENOMEM, or ENOSPC past fs.epoll.max_user_watches)."""
+        try:
             self.watch(conn, session)
+        except OSError as exc:
+            self.drop(conn, session, exc)
 
     def drop(
         self,

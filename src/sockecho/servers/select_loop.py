@@ -63,7 +63,8 @@ class SelectServer(NonBlockingModel):
 
     def open(self) -> list[str]:
         endpoints = super().open()
-        highest = max(sock.fileno() for sock in [*self.listeners, self._waker.reader])
+        own = [*self.listeners, *self.datagram_sockets, self._waker.reader]
+        highest = max(sock.fileno() for sock in own)
         if highest >= FD_SETSIZE:  # refuse now, before the ready line, not crash in select()
             self.close_listeners()
             self._waker.close()
