@@ -111,7 +111,9 @@ class ServerConfig:
             raise ConfigError("UDP rate must be 0 (no limit) or a positive number per second")
         if self.udp_burst is not None and self.udp_burst < 1:
             raise ConfigError("UDP burst must be at least 1 datagram")
-        if bool(self.tls_cert) != bool(self.tls_key):
+        if self.tls_cert == "" or self.tls_key == "":
+            raise ConfigError("a TLS certificate or key path is empty")
+        if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(
                 "TLS needs both a certificate and its private key",
                 "pass --tls-cert FILE and --tls-key FILE together",

@@ -18,7 +18,7 @@ import trustme
 
 from sockecho import Server, ServerConfig, client
 from sockecho.config import ClientTLSConfig
-from sockecho.errors import ConnectError, TLSSetupError
+from sockecho.errors import ConfigError, ConnectError, TLSSetupError
 from sockecho.tls import client_context
 from tests.conftest import (
     CONCURRENT_MODELS,
@@ -259,3 +259,23 @@ def test_tls_over_ipv6_with_udp_beside_it(
             udp.settimeout(WAIT)
             udp.sendto(b"plain udp", ("::1", port))
             assert udp.recv(100) == b"plain udp"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"tls_cert": "cert.pem"},
+        {"tls_key": "key.pem"},
+        {"tls_cert": "", "tls_key": "key.pem"},
+        {"tls_cert": "cert.pem", "tls_key": "key.pem", "tls_handshake_timeout": 0.0},
+        {"tls_cert": "cert.pem", "tls_key": "key.pem", "tls_handshake_timeout": float("nan")},
+    ],
+)
+def test_bad_tls_settings_are_config_errors(settings: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        ServerConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_insecure_and_a_ca_file_contradict() -> None:
+    with pytest.raises(ConfigError, match="contradict"):
+        ClientTLSConfig(ca_file="ca.pem", insecure=True)
