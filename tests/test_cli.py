@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from sockecho import cli, net
+from sockecho.core import StatsSnapshot
 from tests.conftest import WAIT, ServeProcess, connect, recv_exactly, run_cli
 
 
@@ -119,7 +120,12 @@ def test_unknown_host_exits_1_with_one_line() -> None:
         (["serve", "--model", "forking"], b"invalid choice: 'forking'"),
         (["serve", "--port", "65536"], b"out of range"),
         (["serve", "--port", "http"], b"is not a port number"),
-        (["serve", "--backlog", "0"], b"must be at least 1"),
+        (["serve", "--backlog", "0"], b"out of range 1-65535"),
+        (["serve", "--backlog", "99999999999"], b"out of range 1-65535"),
+        (["serve", "--idle-timeout", "inf"], b"out of range"),
+        (["serve", "--idle-timeout", "nan"], b"out of range"),
+        (["serve", "--drain-timeout", "1e30"], b"out of range"),
+        (["send", "--timeout", "inf", "x"], b"out of range"),
         (["serve", "--model", "select", "--max-connections", "5000"], b"ceiling"),
         (["frobnicate"], b"invalid choice"),
         ([], b"required"),
@@ -210,3 +216,80 @@ def test_send_streams_hundreds_of_mib_without_deadlock(
     proc.stderr.close()
     assert received == len(block) * repeats
     assert echoed.digest() == expected.digest()
+
+
+def test_send_with_input_still_open_exits_cleanly_when_the_server_is_silent() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (backlog), never answers
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sockecho", "send", "--port", str(port), "--timeout", "0.5"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b"hi\n")
+        proc.stdin.flush()  # and keep stdin open: the sender thread stays blocked reading it
+        code = proc.wait(WAIT)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        proc.stdin.close()
+        for stream in (proc.stdout, proc.stderr):
+            assert stream is not None
+            stream.close()
+    assert code == 1  # not 134: no "Fatal Python error" from a daemon thread at exit
+    assert err.decode().splitlines() == [
+        "sockecho: error: timed out waiting for the echo (0 of 3 bytes came back)"
+    ]
+
+
+def test_send_with_stdout_closed_is_one_line(serve_process: type[ServeProcess]) -> None:
+    srv = serve_process("--port", "0")
+    result = subprocess.run(
+        [sys.executable, "-m", "sockecho", "send", "--port", str(srv.address[1]), "hi"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=WAIT,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [
+        "sockecho: error: standard input or output is closed (run it with both open)"
+    ]
+
+
+def test_send_passes_words_that_are_not_utf8_through_as_bytes(
+    serve_process: type[ServeProcess],
+) -> None:
+    srv = serve_process("--port", "0")
+    result = subprocess.run(
+        [sys.executable, "-m", "sockecho", "send", "--port", str(srv.address[1]), b"caf\xe9"],
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"caf\xe9\n"
+
+
+def test_stop_summary_counts_served_refused_and_dropped() -> None:
+    snapshot = StatsSnapshot(
+        connections_accepted=1,
+        connections_active=0,
+        connections_closed=1,
+        connections_rejected=3,
+        connection_errors=0,
+        idle_closed=0,
+        bytes_echoed=2,
+        datagrams_received=5,
+        datagrams_echoed=1,
+        datagrams_dropped_low_port=1,
+        datagrams_dropped_rate=3,
+        datagram_errors=0,
+        tls_handshake_failures=0,
+    )
+    assert cli.summarize(snapshot) == (
+        "1 connection served, 2 bytes echoed, 3 connections refused, "
+        "1 datagram echoed, 4 datagrams dropped"
+    )

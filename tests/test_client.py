@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -97,3 +99,86 @@ def test_stream_reports_a_different_echo(
     address = misbehaving_server(lambda data: data[::-1])
     with pytest.raises(EchoMismatch, match="differs"):
         client.stream(io.BytesIO(b"hola mundo"), io.BytesIO(), *address)
+
+
+def test_echo_reports_extra_bytes(misbehaving_server: Callable[..., tuple[str, int]]) -> None:
+    address = misbehaving_server(lambda data: data + b"EXTRA")
+    with pytest.raises(EchoMismatch, match="extra bytes: 10 came back for 5 sent"):
+        client.echo(b"hola\n", *address)
+
+
+def test_echo_of_a_message_larger_than_the_socket_buffers_does_not_deadlock(
+    server: Server,
+) -> None:
+    message = os.urandom(32 * 1024 * 1024)
+    assert client.echo(message, *server.address) == message
+
+
+@pytest.fixture
+def never_closing_server() -> Iterator[tuple[str, int]]:
+    """Echoes everything, even after the client's half-close, but never closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+            done.wait(10)  # EOF seen: keep the connection open until the test ends
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[:2]
+    done.set()
+    thread.join(10)
+    listener.close()
+
+
+def test_stream_accepts_a_complete_echo_from_a_server_that_never_closes(
+    never_closing_server: tuple[str, int],
+) -> None:
+    sink = io.BytesIO()
+    result = client.stream(io.BytesIO(b"x" * 100_000), sink, *never_closing_server, timeout=5)
+    assert result.intact
+    assert sink.getvalue() == b"x" * 100_000
+
+
+class EndlessSource(io.RawIOBase):
+    """An input that gives one line, then never ends (a terminal nobody types into)."""
+
+    def __init__(self) -> None:
+        self.given = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.given:
+            self.given = True
+            buffer[:5] = b"hola\n"
+            return 5
+        threading.Event().wait(30)
+        return 0
+
+
+def test_stream_reports_a_server_that_closes_before_the_input_ends(
+    misbehaving_server: Callable[..., tuple[str, int]],
+) -> None:
+    address = misbehaving_server(lambda data: data)  # echoes the first chunk, then closes
+    source = io.BufferedReader(EndlessSource())
+    with pytest.raises(EchoMismatch, match="closed the connection before the input ended"):
+        client.stream(source, io.BytesIO(), *address, timeout=5)
+
+
+class FullDisk(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_stream_blames_the_output_not_the_server_when_writing_fails(server: Server) -> None:
+    with pytest.raises(client.OutputError, match="cannot write the echo: No space left"):
+        client.stream(io.BytesIO(b"hola"), FullDisk(), *server.address)  # type: ignore[arg-type]

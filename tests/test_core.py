@@ -127,6 +127,11 @@ def test_notice_folds_events_within_its_interval() -> None:
         {"backlog": 0},
         {"low_water": 10, "high_water": 5},
         {"idle_timeout": -1},
+        {"idle_timeout": float("inf")},
+        {"idle_timeout": float("nan")},
+        {"drain_timeout": float("inf")},
+        {"backlog": 99_999_999_999},
+        {"udp_rate": float("inf")},
         {"max_connections": 0},
     ],
 )

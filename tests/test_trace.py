@@ -300,8 +300,11 @@ def test_send_trace_narrates_the_client_lifecycle() -> None:
     script.expect(lambda c: c.args == f"fd {fd}, IPPROTO_TCP, TCP_NODELAY, 1", "TCP_NODELAY")
     sent = script.expect(lambda c: c.name == "sendall", "sendall()")
     assert sent.args == f"fd {fd}, 5 bytes"
+    script.expect(lambda c: c.name == "shutdown" and "SHUT_WR" in c.args, "shutdown(SHUT_WR)")
     received = script.expect(lambda c: c.name == "recv", "recv()")
     assert (received.args, received.result) == (f"fd {fd}, 5", "5 bytes b'hola\\n'")
+    closed = script.expect(lambda c: c.name == "recv" and not c.waiting, "recv() of the close")
+    assert closed.result == "0 bytes: b'' (peer closed its side)"
     script.expect(lambda c: c.name == "close" and c.args == f"fd {fd}", "close()")
     assert all(c.role == "client" for c in script.calls)
 

@@ -12,13 +12,14 @@ import argparse
 import enum
 import inspect
 import logging
+import os
 import signal
 import socket
 import sys
 import textwrap
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sockecho import __version__, client, tls
 from sockecho.config import (
@@ -29,10 +30,13 @@ from sockecho.config import (
     DEFAULT_PORT,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     DEFAULT_UDP_RATE,
+    MAX_BACKLOG,
+    MAX_SECONDS,
     UDP_BURST_SECONDS,
     ClientTLSConfig,
     ServerConfig,
 )
+from sockecho.core import StatsSnapshot
 from sockecho.errors import ConfigError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
@@ -63,23 +67,28 @@ def port_number(text: str) -> int:
     return port
 
 
-def positive_int(text: str) -> int:
+#: The largest count any option takes (connections, requests, backlog...): a C int.
+MAX_COUNT = 2**31 - 1
+
+
+def _bounded(text: str, parse: type[int] | type[float], low: float, high: float, what: str) -> Any:
+    """Parse ``text`` as ``what`` within [low, high]; NaN and infinities are rejected."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not low <= value <= high:  # NaN compares false: rejected too
+        raise argparse.ArgumentTypeError(f"{text} is out of range {low:g}-{high:g}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value: int = _bounded(text, int, 1, MAX_COUNT, "a whole number")
     return value
 
 
 def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or a positive number")
+    value: float = _bounded(text, float, 0, float(MAX_COUNT), "a number")
     return value
 
 
@@ -91,12 +100,13 @@ def positive_seconds(text: str) -> float:
 
 
 def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more seconds")
+    """0 up to MAX_SECONDS (a year): larger values overflow the kernel's timeouts."""
+    value: float = _bounded(text, float, 0, MAX_SECONDS, "a number of seconds")
+    return value
+
+
+def backlog_size(text: str) -> int:
+    value: int = _bounded(text, int, 1, MAX_BACKLOG, "a whole number")
     return value
 
 
@@ -154,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_address_arguments(serve, listening=True)
     serve.add_argument(
         "--backlog",
-        type=positive_int,
+        type=backlog_size,
         default=DEFAULT_BACKLOG,
         help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
     )
@@ -402,13 +412,29 @@ def run_serve(args: argparse.Namespace) -> int:
         sys.stderr.flush()
     server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
     server.join()
-    snapshot = server.snapshot()
-    log.info(
-        "stopped: %d connections served, %d bytes echoed",
-        snapshot.connections_accepted,
-        snapshot.bytes_echoed,
-    )
+    log.info("stopped: %s", summarize(server.snapshot()))
     return ExitCode.OK
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def summarize(snapshot: StatsSnapshot) -> str:
+    """The stop line's totals: what was served, and what was refused or dropped (the
+    rate-limited warnings may have folded the last few of those)."""
+    parts = [
+        f"{plural(snapshot.connections_accepted, 'connection')} served",
+        f"{plural(snapshot.bytes_echoed, 'byte')} echoed",
+    ]
+    if snapshot.connections_rejected:
+        parts.append(f"{plural(snapshot.connections_rejected, 'connection')} refused")
+    if snapshot.datagrams_received:
+        parts.append(f"{plural(snapshot.datagrams_echoed, 'datagram')} echoed")
+    dropped = snapshot.datagrams_dropped_low_port + snapshot.datagrams_dropped_rate
+    if dropped:
+        parts.append(f"{plural(dropped, 'datagram')} dropped")
+    return ", ".join(parts)
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -431,13 +457,21 @@ def run_send(args: argparse.Namespace) -> int:
         context = tls.client_context(tls_config)
     tracer = tracer_for(args, "client")
     socket_class = tracer.socket_class() if tracer else socket.socket
+    if sys.stdout is None or (not args.message and sys.stdin is None):
+        raise SockechoError("standard input or output is closed", "run it with both open")
     if args.message:
-        message = (" ".join(args.message) + "\n").encode()
+        # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
+        message = os.fsencode(" ".join(args.message)) + b"\n"
         reply = client.echo(
             message, args.host, args.port, timeout, tls=context, socket_class=socket_class
         )
-        sys.stdout.buffer.write(reply)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(reply)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise client.OutputError(f"cannot write the echo: {exc.strerror or exc}") from None
     else:
         client.stream(
             sys.stdin.buffer,
@@ -472,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("interrupted")
     except Exception as exc:  # no traceback ever reaches a user; -v logs it
         log.debug("unexpected error", exc_info=True)
-        return fail(f"unexpected {type(exc).__name__}: {exc} (please report this; -v shows more)")
+        return fail(f"unexpected {type(exc).__name__}: {exc} (please report this)")
     return code
 
 

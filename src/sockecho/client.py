@@ -2,7 +2,8 @@
 
 * :func:`connect` opens a TCP connection, translating OS errors into one line
   that names the address (``connection refused by 127.0.0.1:50010``).
-* :func:`echo` sends one message and waits for exactly that many bytes back.
+* :func:`echo` sends one message, half-closes, and checks that exactly those
+  bytes come back (no fewer, no different, no extra).
 * :func:`stream` pipes a byte stream through the server: one thread sends while
   the caller's thread receives, so neither side can fill the other's buffers and
   deadlock, whatever the size. Both directions are hashed and counted, so a short
@@ -10,8 +11,9 @@
 
 Each takes ``tls``, an ``ssl.SSLContext`` (see :func:`sockecho.tls.client_context`),
 to talk to a TLS echo server; the certificate is checked against ``host``.
-:func:`stream` then runs the TLS state through :class:`sockecho.tls.DuplexTLS`,
-because an ``SSLSocket`` must not be read and written from two threads.
+:func:`echo` and :func:`stream` then keep the TLS state in
+:class:`sockecho.tls.DuplexTLS`, because an ``SSLSocket`` must not be read and
+written from two threads at once.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
 import socket
 import ssl
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from sockecho.config import DEFAULT_HOST, DEFAULT_PORT
-from sockecho.errors import ConnectError, EchoMismatch, EchoTimeout, ResolveError
+from sockecho.errors import ClientError, ConnectError, EchoMismatch, EchoTimeout, ResolveError
 from sockecho.net import format_host_port, resolve, set_nodelay
 from sockecho.tls import DuplexTLS, describe_ssl_error
 
@@ -46,8 +50,9 @@ def connect(
 ) -> socket.socket:
     """Connect to the first address of ``host`` that answers; ConnectError naming it if none.
 
-    With ``tls``, the TLS handshake is done too and an ``ssl.SSLSocket`` returned.
-    ``socket_class`` makes the socket (``--trace`` passes a narrating one).
+    With ``tls``, the TLS handshake is done too and an ``ssl.SSLSocket`` returned
+    (for one thread at a time). ``socket_class`` makes the socket (``--trace``
+    passes a narrating one).
     """
     sock = connect_tcp(host, port, timeout, socket_class)
     if tls is None:
@@ -123,6 +128,193 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
+class OutputError(ClientError):
+    """The echo could not be written to the local output (disk full...)."""
+
+
+class InputError(ClientError):
+    """The local input could not be read."""
+
+
+class Channel(Protocol):
+    """What the echo loops need of a connection: a plain socket, or :class:`DuplexTLS`."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+    def recv(self, bufsize: int, /) -> bytes: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def settimeout(self, value: float | None, /) -> None: ...
+    def gettimeout(self) -> float | None: ...
+
+
+def open_channel(
+    sock: socket.socket, tls: ssl.SSLContext | None, host: str, port: int, timeout: float | None
+) -> Channel:
+    """``sock`` itself, or a TLS channel over it once the handshake is done."""
+    if tls is None:
+        return sock
+    channel = DuplexTLS(sock, tls, host)
+    try:
+        channel.handshake()
+    except (OSError, ValueError) as exc:
+        raise handshake_error(exc, host, port, timeout) from None
+    return channel
+
+
+class _Sender:
+    """Sends chunks in a background thread, then half-closes; the caller receives meanwhile.
+
+    Sending and receiving at once is what keeps a large echo from deadlocking: a
+    client that sent everything before reading would fill the server's and its own
+    socket buffers and both sides would wait forever. The thread is a daemon: a
+    source that never ends (a terminal) must not keep the process alive.
+    """
+
+    def __init__(self, sock: Channel, chunks: Iterator[bytes], *, inline: bool) -> None:
+        self.sock = sock
+        self.chunks = chunks
+        self.sent = 0
+        self.hash = hashlib.blake2b()
+        self.error: BaseException | None = None
+        self.finished = threading.Event()  # the source ended and the half-close was sent
+        self._thread = threading.Thread(target=self._run, name="sockecho-send", daemon=True)
+        if inline:  # small enough to fit in the socket buffers: no thread, a plain sendall
+            self._run()
+        else:
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for chunk in self.chunks:
+                # Counted before sendall returns: its bytes may be echoed back before it does.
+                self.hash.update(chunk)
+                self.sent += len(chunk)
+                self.sock.sendall(chunk)
+            self.sock.shutdown(socket.SHUT_WR)  # "that was everything": the server may finish
+            self.finished.set()
+        except BaseException as exc:
+            self.error = exc
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # wake the receiving side
+
+    def still_sending(self, grace: float) -> bool:
+        """Whether the source has not ended, after giving the thread ``grace`` seconds to
+        finish (it may be between its last send and the half-close when the server closes)."""
+        if self._thread.is_alive():
+            self._thread.join(grace)
+        return self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def raise_error(self) -> None:
+        """Re-raise what stopped the sending side, in this package's terms."""
+        failure = self.error
+        if failure is None:
+            return
+        if isinstance(failure, InputError):
+            raise failure
+        if isinstance(failure, TimeoutError):
+            raise EchoTimeout(f"timed out sending (after {self.sent} bytes)") from None
+        if isinstance(failure, OSError):
+            raise EchoMismatch(
+                f"the connection failed after sending {self.sent} bytes: "
+                f"{failure.strerror or failure}"
+            ) from None
+        raise failure
+
+
+def _read_source(source: BinaryIO) -> Iterator[bytes]:
+    """Chunks of ``source`` as they come (a pipe's bytes at once, not a full chunk later).
+
+    A real file descriptor is read with os.read: a daemon thread blocked inside a
+    buffered reader at interpreter exit would abort the process (CPython's
+    "_enter_buffered_busy" fatal error) when ``send`` ends before its input does.
+    """
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = -1
+    # Without a descriptor: read1() returns what is there instead of waiting for a full chunk.
+    read = getattr(source, "read1", source.read)
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK_SIZE) if fd >= 0 else read(CHUNK_SIZE)
+        except OSError as exc:
+            raise InputError(f"cannot read the input: {exc.strerror or exc}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _receive_echo(
+    sock: Channel,
+    sender: _Sender,
+    expected: int | None,
+    on_data: Callable[[bytes], None],
+    grace: float,
+) -> int:
+    """Receive until the server closes, or until the echo is complete and ``grace`` passed.
+
+    ``expected`` is the size of a fixed message (None while streaming: then what was
+    sent so far). Returns the byte count; stops early once more than ``expected`` came.
+    """
+    received = 0
+    timeout = sock.gettimeout()
+    while True:
+        target = expected if expected is not None else sender.sent
+        complete = sender.finished.is_set() and received >= target
+        if complete:
+            # Everything came back and we half-closed: an RFC 862 server closes now. Wait a
+            # little for its close (or for bytes it should not send), not the full timeout.
+            sock.settimeout(grace if timeout is None else min(grace, timeout))
+        # A fixed message: ask for exactly what is missing (then more, to catch extra bytes).
+        want = CHUNK_SIZE
+        if expected is not None and received < expected:
+            want = min(CHUNK_SIZE, expected - received)
+        try:
+            data = sock.recv(want)
+        except TimeoutError:
+            target = expected if expected is not None else sender.sent
+            # (Checked again: the sender may have half-closed while this recv waited.)
+            if complete or (sender.finished.is_set() and received >= target):
+                return received  # the server keeps the connection open: the echo is whole
+            if sender.running and received == sender.sent:
+                continue  # nothing outstanding: the input is just slow (a person typing)
+            raise EchoTimeout(
+                f"timed out waiting for the echo ({received} of {target} bytes came back)"
+            ) from None
+        except OSError as exc:
+            if sender.error is not None:
+                sender.raise_error()
+            raise EchoMismatch(
+                f"the connection failed after {received} bytes came back: {exc.strerror or exc}"
+            ) from None
+        if not data:
+            if sender.still_sending(grace):
+                raise EchoMismatch(
+                    f"the server closed the connection before the input ended "
+                    f"({sender.sent} bytes sent, {received} came back)"
+                )
+            return received
+        on_data(data)
+        received += len(data)
+        if expected is not None and received > expected:
+            return received
+
+
+#: Seconds to wait, after a complete echo, for the server to close (or to send extra bytes).
+CLOSE_GRACE = 0.5
+#: Messages up to this size (bytes) are sent before reading, in the caller's thread: the
+#: socket buffers on both sides hold that much, so it cannot deadlock, and the order of
+#: calls is the textbook one (sendall, then recv). Larger ones are sent by a thread.
+INLINE_SEND_LIMIT = 64 * 1024
+
+
 def echo(
     message: bytes,
     host: str = DEFAULT_HOST,
@@ -132,24 +324,29 @@ def echo(
     tls: ssl.SSLContext | None = None,
     socket_class: type[socket.socket] = socket.socket,
 ) -> bytes:
-    """Send ``message``, wait for the whole echo, return it. EchoMismatch if it differs."""
-    with connect(host, port, timeout, tls=tls, socket_class=socket_class) as sock:
-        try:
-            sock.sendall(message)
-            reply = recv_exactly(sock, len(message))
-        except OSError as exc:
-            if isinstance(exc, TimeoutError):
-                raise EchoTimeout("timed out sending the message") from None
-            raise EchoMismatch(f"the connection failed mid-echo: {exc.strerror or exc}") from None
+    """Send ``message``, half-close, wait for the whole echo, return it.
+
+    EchoMismatch if it differs, is short, or has extra bytes; EchoTimeout if the
+    server stops answering. Any size: sending and receiving overlap.
+    """
+    reply = bytearray()
+    with connect_tcp(host, port, timeout, socket_class) as sock:
+        channel = open_channel(sock, tls, host, port, timeout)
+        sender = _Sender(channel, iter([message]), inline=len(message) <= INLINE_SEND_LIMIT)
+        _receive_echo(channel, sender, len(message), reply.extend, CLOSE_GRACE)
+        sender.join(timeout)
+        sender.raise_error()
     if reply != message:
-        raise EchoMismatch(describe_difference(message, reply))
-    return reply
+        raise EchoMismatch(describe_difference(message, bytes(reply)))
+    return bytes(reply)
 
 
 def describe_difference(sent: bytes, received: bytes) -> str:
     """One line saying how an echo differs from what was sent."""
     if len(received) < len(sent) and sent.startswith(received):
         return f"the echo came back short: {len(received)} of {len(sent)} bytes"
+    if len(received) > len(sent) and received.startswith(sent):
+        return f"the echo has extra bytes: {len(received)} came back for {len(sent)} sent"
     at = next(
         (i for i, (a, b) in enumerate(zip(sent, received, strict=False)) if a != b),
         min(len(sent), len(received)),
@@ -179,71 +376,34 @@ def stream(
     """Send all of ``source`` through the server, writing the echo to ``sink`` as it arrives.
 
     After ``source`` ends the sending side is shut down (half-close); the call
-    returns when the server closes. EchoMismatch if the echo was short or different.
+    returns when the server closes (or, the echo being complete, does not close
+    within a short grace). EchoMismatch if the echo was short, different, or the
+    server closed before the input ended; OutputError if ``sink`` cannot be
+    written (a closed pipe is re-raised as BrokenPipeError).
     """
-    sent_hash, received_hash = hashlib.blake2b(), hashlib.blake2b()
-    sent = 0
-    send_error: list[BaseException] = []
+    received_hash = hashlib.blake2b()
+
+    def write_out(data: bytes) -> None:
+        try:
+            sink.write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the echo: {exc.strerror or exc}") from None
+        received_hash.update(data)
 
     with connect_tcp(host, port, timeout, socket_class) as sock:
-        channel: socket.socket | DuplexTLS = sock
-        if tls is not None:
-            channel = DuplexTLS(sock, tls, host)
-            try:
-                channel.handshake()
-            except (OSError, ValueError) as exc:
-                raise handshake_error(exc, host, port, timeout) from None
-        # read1() returns what a pipe has now instead of waiting for a full chunk.
-        read = getattr(source, "read1", source.read)
-
-        def pump_out() -> None:
-            nonlocal sent
-            try:
-                while chunk := read(CHUNK_SIZE):
-                    channel.sendall(chunk)
-                    sent_hash.update(chunk)
-                    sent += len(chunk)
-                sock.shutdown(socket.SHUT_WR)  # "that was everything": the server may finish
-            except BaseException as exc:
-                send_error.append(exc)
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)  # wake the receiving side
-
-        sender = threading.Thread(target=pump_out, name="sockecho-send", daemon=True)
-        sender.start()
-        received = 0
+        channel = open_channel(sock, tls, host, port, timeout)
+        sender = _Sender(channel, _read_source(source), inline=False)
         try:
-            while True:
-                try:
-                    data = channel.recv(CHUNK_SIZE)
-                except TimeoutError:
-                    if sender.is_alive() and received == sent:
-                        continue  # nothing outstanding: the input is just slow (a person typing)
-                    raise EchoTimeout(
-                        f"timed out waiting for the echo ({received} of {sent} bytes came back)"
-                    ) from None
-                if not data:
-                    break
-                sink.write(data)
-                received_hash.update(data)
-                received += len(data)
-        except OSError as exc:
-            if not send_error:
-                raise EchoMismatch(
-                    f"the connection failed after {received} bytes: {exc.strerror or exc}"
-                ) from None
+            received = _receive_echo(channel, sender, None, write_out, CLOSE_GRACE)
         finally:
             with contextlib.suppress(OSError):
                 sink.flush()
-        sender.join()
-    if send_error:
-        failure = send_error[0]
-        if isinstance(failure, OSError):
-            raise EchoMismatch(
-                f"the connection failed after sending {sent} bytes: {failure.strerror or failure}"
-            ) from None
-        raise failure
-    intact = received == sent and sent_hash.digest() == received_hash.digest()
+        sender.join(timeout)
+        sender.raise_error()
+    sent = sender.sent
+    intact = received == sent and sender.hash.digest() == received_hash.digest()
     if not intact:
         if received < sent:
             raise EchoMismatch(f"the echo came back short: {received} of {sent} bytes")
@@ -253,6 +413,8 @@ def stream(
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "InputError",
+    "OutputError",
     "ResolveError",
     "StreamResult",
     "connect",

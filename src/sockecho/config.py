@@ -34,6 +34,12 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 SELECT_MAX_CONNECTIONS = 1000
 #: Seconds a graceful stop lets open connections finish their echoes.
 DEFAULT_DRAIN_TIMEOUT = 5.0
+#: The longest timeout any setting takes (seconds): a year. Longer ones overflow the
+#: kernel's and the threading module's timeouts (OverflowError), and mean "never" anyway.
+MAX_SECONDS = 365 * 24 * 3600.0
+#: The largest listen backlog accepted: Linux silently caps it at net.core.somaxconn
+#: (4096 by default), and listen() takes a C int.
+MAX_BACKLOG = 65535
 #: UDP replies per second to one source address: enough for any honest test client, while a
 #: spoofed flood aimed at a victim is cut to this much (the reflection limit, issue 4).
 DEFAULT_UDP_RATE = 1000.0
@@ -91,23 +97,25 @@ class ServerConfig:
             raise ConfigError(
                 f"port {self.port} is out of range", "use 0-65535; 0 picks a free port"
             )
-        if self.backlog < 1:
-            raise ConfigError(f"backlog {self.backlog} must be at least 1")
+        if not 1 <= self.backlog <= MAX_BACKLOG:
+            raise ConfigError(f"backlog {self.backlog} must be between 1 and {MAX_BACKLOG}")
         if self.read_size < 1:
             raise ConfigError(f"read size {self.read_size} must be at least 1 byte")
         if not 0 <= self.low_water <= self.high_water:
             raise ConfigError(
                 f"low water {self.low_water} must be between 0 and high water {self.high_water}"
             )
-        if self.idle_timeout < 0:
-            raise ConfigError("idle timeout must be 0 (off) or a positive number of seconds")
+        if not 0 <= self.idle_timeout <= MAX_SECONDS:  # also rejects NaN and infinity
+            raise ConfigError(
+                f"idle timeout must be 0 (off) or a number of seconds up to {MAX_SECONDS:g}"
+            )
         if self.max_connections is not None and self.max_connections < 1:
             raise ConfigError("max connections must be at least 1")
         if self.max_per_source < 0:
             raise ConfigError("max per source must be 0 (off) or positive")
-        if self.drain_timeout < 0:
-            raise ConfigError("drain timeout must be 0 or a positive number of seconds")
-        if not self.udp_rate >= 0:  # also rejects NaN
+        if not 0 <= self.drain_timeout <= MAX_SECONDS:
+            raise ConfigError(f"drain timeout must be 0 to {MAX_SECONDS:g} seconds")
+        if not 0 <= self.udp_rate < math.inf:  # also rejects NaN
             raise ConfigError("UDP rate must be 0 (no limit) or a positive number per second")
         if self.udp_burst is not None and self.udp_burst < 1:
             raise ConfigError("UDP burst must be at least 1 datagram")

@@ -2,8 +2,10 @@
 
 ``open_listeners`` resolves the host with ``getaddrinfo`` and opens one listening
 socket per address it gives (``localhost`` → 127.0.0.1, and ::1 where the hosts file
-says so), all on the same port. ``::`` is opened dual-stack (``IPV6_V6ONLY`` off), so
-one socket serves IPv4 and IPv6 clients. ``open_datagram_sockets`` does the same for UDP (socket →
+says so), all on the same port. ``::`` alone is opened dual-stack (``IPV6_V6ONLY`` off),
+so one socket serves IPv4 and IPv6 clients; when a name gives an IPv4 address too (the
+empty host gives 0.0.0.0 and ::), each family gets its own socket (``IPV6_V6ONLY`` on),
+or the two would collide on the port. ``open_datagram_sockets`` does the same for UDP (socket →
 bind), on the port number the TCP listeners got. OS errors become
 :class:`~sockecho.errors.BindError` or :class:`~sockecho.errors.ResolveError`
 here, at the boundary.
@@ -93,6 +95,11 @@ def bind_error(exc: OSError, host: str, port: int, kind: str = "tcp") -> BindErr
     return BindError(f"cannot listen on {kind}://{where}: {exc.strerror or exc}")
 
 
+def ipv6_only(addresses: list[tuple[socket.AddressFamily, SockAddr]]) -> int:
+    """IPV6_V6ONLY for the IPv6 sockets of ``addresses``: 1 when an IPv4 socket is opened too."""
+    return int(any(family == socket.AF_INET for family, _ in addresses))
+
+
 def open_listeners(
     host: str, port: int, backlog: int, socket_class: type[socket.socket] = socket.socket
 ) -> list[socket.socket]:
@@ -103,15 +110,18 @@ def open_listeners(
     Listening sockets are left blocking; models set what they need.
     """
     opened: list[socket.socket] = []
+    addresses = resolve(host, port, socket.SOCK_STREAM, passive=True)
+    v6only = ipv6_only(addresses)
     try:
-        for family, sockaddr in resolve(host, port, socket.SOCK_STREAM, passive=True):
+        for family, sockaddr in addresses:
             sock = socket_class(family, socket.SOCK_STREAM)
             opened.append(sock)
             # Restart at once on the same port although old connections sit in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                # "::" serves IPv4 too; a specific IPv6 address only itself.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                # "::" serves IPv4 too, unless an IPv4 socket of ours does; a specific IPv6
+                # address serves only itself either way.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
             address = sockaddr
             if port == 0 and len(opened) > 1:
                 address = (sockaddr[0], opened[0].getsockname()[1], *sockaddr[2:])
@@ -143,12 +153,14 @@ def open_datagram_sockets(
     bind the same port and silently share the datagrams.
     """
     opened: list[socket.socket] = []
+    addresses = resolve(host, port, socket.SOCK_DGRAM, passive=True)
+    v6only = ipv6_only(addresses)
     try:
-        for family, sockaddr in resolve(host, port, socket.SOCK_DGRAM, passive=True):
+        for family, sockaddr in addresses:
             sock = socket_class(family, socket.SOCK_DGRAM)
             opened.append(sock)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
             try:
                 sock.bind(sockaddr)
             except OSError as exc:

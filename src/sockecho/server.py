@@ -88,7 +88,11 @@ class Server:
         Raises BindError/ResolveError (nothing is left open) when it cannot listen.
         """
         log.debug("starting the %s model with %s", self.config.model, self.config)
-        self.endpoints = self.model.open()
+        try:
+            self.endpoints = self.model.open()
+        except BaseException:
+            self.model.abandon()  # nothing is left open: not even the wake-up socketpair
+            raise
         self.addresses = [
             (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
             for sock in self.model.listeners

@@ -157,6 +157,16 @@ class DuplexTLS:
                     return b""
             self._receive_records()
 
+    def shutdown(self, how: int) -> None:
+        """The socket's own shutdown: ``SHUT_WR`` is the half-close (a TCP FIN)."""
+        self.sock.shutdown(how)
+
+    def settimeout(self, value: float | None) -> None:
+        self.sock.settimeout(value)
+
+    def gettimeout(self) -> float | None:
+        return self.sock.gettimeout()
+
     def _receive_records(self) -> None:
         data = self.sock.recv(RECORD_READ_SIZE)
         with self._lock:

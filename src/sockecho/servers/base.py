@@ -202,6 +202,11 @@ class EchoServer(abc.ABC):
         self.listeners = []
         self.datagram_sockets = []
 
+    def abandon(self) -> None:
+        """Release what the constructor and :meth:`open` acquired, for a model whose
+        ``serve()`` will never run (``open()`` failed). Subclasses close their own extras."""
+        self.close_listeners()
+
     def drain_deadline(self) -> float:
         """Monotonic time by which open connections must be closed after a stop."""
         return time.monotonic() + (self.config.drain_timeout if self.graceful else 0.0)
@@ -381,6 +386,10 @@ class BlockingModel(EchoServer):
             )
             self._expiry.daemon = True
             self._expiry.start()
+
+    def abandon(self) -> None:
+        super().abandon()
+        self._waker.close()
 
     def _shutdown_open(self) -> None:
         with self._open_changed:
@@ -565,6 +574,10 @@ class NonBlockingModel(EchoServer):
 
     def wake(self) -> None:
         self._waker.wake()
+
+    def abandon(self) -> None:
+        super().abandon()
+        self._waker.close()
 
     def accept_ready(self, listener: socket.socket) -> bool:
         """Accept every waiting client; False when out of descriptors (then back off:

@@ -61,6 +61,11 @@ class ThreadingServer(BlockingModel):
         if self._datagram_waker is not None:
             self._datagram_waker.wake()
 
+    def abandon(self) -> None:
+        super().abandon()
+        if self._datagram_waker is not None:
+            self._datagram_waker.close()
+
     def serve(self) -> None:
         previous = threading.stack_size(THREAD_STACK_SIZE)
         datagram_thread = None
