@@ -6,7 +6,9 @@ These run the server in-process (``sockecho.Server``) and wait on its counters.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -139,3 +141,28 @@ def test_max_per_source_on_a_dual_stack_socket_limits_ipv4_clients_and_spares_ip
             with socket.create_connection(("::1", port), timeout=WAIT) as other:
                 assert echo_once(other) == b"ping"  # ::1 is another source
     assert srv.snapshot().connections_rejected == 1
+
+
+@pytest.mark.parametrize("model", ["select", "selectors", "asyncio"])
+def test_a_slow_reader_draining_the_kernel_queue_is_not_idle(model: str) -> None:
+    # The server hands the whole echo to the kernel at once, so its own counters stand
+    # still while the client reads it slowly: only the kernel's send queue moves.
+    payload = os.urandom(200 * 1024)
+    with Server(ServerConfig(model=model, port=0, idle_timeout=0.5, drain_timeout=0.5)) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep most in flight
+        sock.settimeout(WAIT)
+        with sock:
+            sock.connect(srv.address)
+            sock.sendall(payload)
+            received = bytearray()
+            slow_until = time.monotonic() + 1.5  # three idle timeouts of slow reading
+            while len(received) < len(payload):
+                chunk = sock.recv(2048 if time.monotonic() < slow_until else 65536)
+                if not chunk:
+                    break
+                received += chunk
+                if time.monotonic() < slow_until:
+                    threading.Event().wait(0.05)  # the slow reader's pace (not a sync wait)
+        assert bytes(received) == payload
+        assert srv.snapshot().idle_closed == 0

@@ -96,7 +96,7 @@ class EchoSession:
         self.state = SessionState.OPEN
         self.opened_at = clock()
         self.last_activity = self.opened_at
-        self._activity_mark = 0
+        self._activity_mark = (0, 0, 0)
 
     # -- bytes in, bytes out --------------------------------------------------------------
 
@@ -162,16 +162,19 @@ class EchoSession:
             self.state is SessionState.DRAINING and self.pending == 0
         )
 
-    def is_idle(self, now: float | None = None) -> bool:
+    def is_idle(self, now: float | None = None, kernel_unsent: int = 0) -> bool:
         """Whether no byte moved for ``idle_timeout`` seconds (never, when the limit is 0).
 
         Call it from a periodic sweep. It notices traffic by comparing byte
         counters with the last sweep, so the hot path never reads the clock.
+        ``kernel_unsent`` is the socket's send queue in the kernel (see
+        :func:`sockecho.net.kernel_unsent`): a client still draining echo that the
+        kernel holds moves no counter of ours, but is not idle either.
         """
         if not self._idle_timeout:
             return False
         now = self._clock() if now is None else now
-        mark = self.bytes_received + self.bytes_sent
+        mark = (self.bytes_received, self.bytes_sent, kernel_unsent)
         if mark != self._activity_mark:
             self._activity_mark = mark
             self.last_activity = now

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import socket
+import struct
+import termios
 from typing import Any
 
 from sockecho.errors import BindError, ResolveError
@@ -170,6 +173,16 @@ def open_datagram_sockets(
             sock.close()
         raise
     return opened
+
+
+def kernel_unsent(sock: socket.socket | Any) -> int:
+    """Bytes written to ``sock`` that the kernel has not yet delivered (Linux SIOCOUTQ); 0
+    where that cannot be asked. Idle sweeps use it: a slow reader drains this queue."""
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", answer)[0])
 
 
 def set_nodelay(sock: socket.socket) -> None:

@@ -412,6 +412,8 @@ class AsyncioServer(EchoServer):
             await asyncio.sleep(interval)
             now = time.monotonic()
             for protocol, session in list(self._protocols.items()):
-                if session.is_idle(now) and protocol.transport is not None:
+                transport = protocol.transport
+                unsent = net.kernel_unsent(transport.get_extra_info("socket")) if transport else 0
+                if session.is_idle(now, unsent) and protocol.transport is not None:
                     self._idle_closed.add(protocol)
                     protocol.transport.abort()

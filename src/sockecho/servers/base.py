@@ -758,7 +758,7 @@ class NonBlockingModel(EchoServer):
                 timeout = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
                 self.drop(conn, self.sessions[conn], timeout)
         for conn, session in list(self.sessions.items()):
-            if session.is_idle(now):
+            if session.is_idle(now, net.kernel_unsent(conn)):
                 self.drop(conn, session, idle=True)
 
     def next_timeout(self, next_sweep: float, drain_until: float | None) -> float:
