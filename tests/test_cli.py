@@ -336,6 +336,7 @@ def test_stop_summary_counts_served_refused_and_dropped() -> None:
         datagrams_dropped_low_port=1,
         datagrams_dropped_rate=3,
         datagram_errors=0,
+        tls_handshake_failures=0,
     )
     assert cli.summarize(snapshot) == (
         "1 connection served, 2 bytes echoed, 3 connections refused, "

@@ -404,6 +404,33 @@ def test_epoll_descriptor_is_announced_and_closed() -> None:
     assert calls[1].args == f"fd {fd_in(calls[0].result)}"
 
 
+def test_trace_narrates_a_udp_echo(model: str, trace_stream: io.StringIO) -> None:
+    tracer = Tracer("server", trace_stream, color=False)
+    config = ServerConfig(model=model, port=0, udp=True, drain_timeout=1.0)
+    with (
+        Server(config, calls=traced_calls(tracer)) as srv,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(WAIT)
+        client.sendto(b"hola\n", srv.datagram_addresses[0])
+        assert client.recv(100) == b"hola\n"
+        port = client.getsockname()[1]
+        peer = f"127.0.0.1:{port}"
+        assert srv.stats.wait_for(lambda s: s.datagrams_echoed == 1, WAIT)
+    script = Script(parse(trace_stream.getvalue()))
+    created = script.expect(lambda c: c.name == "socket" and "SOCK_DGRAM" in c.args, "socket()")
+    udp = fd_in(created.result)
+    received = script.expect(lambda c: c.name == "recvfrom", "recvfrom()")
+    fd, size = received.args.split(", ")
+    assert fd == f"fd {udp}"
+    assert int(size) >= 65535  # room for any datagram (asyncio asks for 256 KiB)
+    assert received.result == f"5 bytes b'hola\\n' from {peer}"
+    sent = script.expect(lambda c: c.name == "sendto", "sendto()")
+    assert sent.args == f"fd {udp}, 5 bytes, ('127.0.0.1', {port})"
+    assert sent.result == "5 bytes"
+
+
 @pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
 def test_ping_trace_narrates_each_probe(udp: bool) -> None:
     with Server(model="selectors", port=0, udp=udp) as srv:

@@ -38,6 +38,11 @@ UDP (``--udp``)
     socket's receive buffer (and are dropped by the kernel when it is full):
     by design, this model does one thing at a time.
 
+TLS (``--tls-cert``)
+    The accepted socket is wrapped and its handshake done before the echo, with
+    one deadline (``--tls-handshake-timeout``): a silent client stalls everyone
+    for that long, at most.
+
 Lifecycle::
 
     socket() → bind() → listen() → ┌─> epoll_wait() → accept() ──> recv() ─> sendall() ─┐

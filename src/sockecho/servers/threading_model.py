@@ -24,6 +24,10 @@ UDP (``--udp``)
     own wake-up pair for the stop) and echoes datagrams as they come, whatever
     the TCP clients do.
 
+TLS (``--tls-cert``)
+    Each connection thread does its own handshake (under one deadline) before
+    echoing, so a slow handshake stalls nobody else.
+
 Lifecycle::
 
     model thread:   socket() → bind() → listen() → epoll_wait() → accept() ─┬─> epoll_wait() ...
