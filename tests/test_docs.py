@@ -29,9 +29,7 @@ MODELS_DOC = REPO / "docs" / "models.md"
 ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
 #: Documents the README's "More" list announces before they are written in other branches;
 #: remove a name once its file exists, so its link is checked like every other.
-ANNOUNCED_DOCS = {
-    "docs/PERFORMANCE.md",
-}
+ANNOUNCED_DOCS: set[str] = set()
 #: Subcommands the README documents in full; the others (bench, ping) have their own docs.
 README_COMMANDS = ("serve", "send", "models")
 OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
