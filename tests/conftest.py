@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ ALL_MODELS = list(MODELS)
 CONCURRENT_MODELS = [name for name in ALL_MODELS if name != "iterative"]
 #: Every wait in a test has a bound; a loaded CI machine gets generous ones.
 WAIT = 20.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the child processes the tests stop with SIGINT (Ctrl-C) be stopped by it.
+
+    A non-interactive shell starts a background job (``pytest &``, some CI runners) with
+    SIGINT ignored, and an ignored signal stays ignored across exec: the example servers and
+    the tutorials' commands, which rely on Python's KeyboardInterrupt as a student's Ctrl-C,
+    would never stop. A handler (unlike SIG_IGN) is reset to the default in each child.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +136,13 @@ class ServeProcess:
         with self._lines_ready:
             self._lines_ready.notify_all()
 
+    def logged_lines(self) -> list[str]:
+        """The stderr lines read so far, and how the process ended if it has."""
+        with self._lines_ready:
+            lines = list(self.stderr_lines)
+        code = self.proc.poll()
+        return [*lines, "(still running)" if code is None else f"(exited with {code})"]
+
     def wait_for_line(self, fragment: str, timeout: float = WAIT) -> bool:
         with self._lines_ready:
             return self._lines_ready.wait_for(
@@ -164,14 +184,41 @@ def run_cli(
     )
 
 
+#: What a test's child processes wrote: (title, lines) readers, shown in its report if it fails.
+CHILD_OUTPUT = pytest.StashKey[list[Callable[[], tuple[str, list[str]]]]]()
+
+
+def report_child_output(
+    request: pytest.FixtureRequest, title: str, lines: Callable[[], list[str]]
+) -> None:
+    """Show ``lines()`` of a child process under ``title`` when the current test fails."""
+    request.node.stash.setdefault(CHILD_OUTPUT, []).append(lambda: (title, lines()))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report gets what its servers logged: the why is usually there."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for read in item.stash.get(CHILD_OUTPUT, []):
+            title, lines = read()
+            report.sections.append((title, "\n".join(lines) or "(nothing)"))
+
+
 @pytest.fixture
-def serve_process() -> Iterator[type[ServeProcess]]:
+def serve_process(request: pytest.FixtureRequest) -> Iterator[type[ServeProcess]]:
     started: list[ServeProcess] = []
 
     class Tracked(ServeProcess):
         def __init__(self, *args: str, ready_lines: int = 1) -> None:
             super().__init__(*args, ready_lines=ready_lines)
             started.append(self)
+            report_child_output(
+                request,
+                f"stderr of sockecho serve {' '.join(args)} (#{len(started)})",
+                self.logged_lines,
+            )
 
     yield Tracked
     for proc in started:

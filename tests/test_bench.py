@@ -285,7 +285,11 @@ def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["errors"] == 0
         assert row["round_trips"] > 0
-        assert row["cpu_us_per_rt"] > 0
+        # /proc counts CPU time in clock ticks (10 ms): in a 0.1 s run on a loaded machine a
+        # fast server (the C one) may be charged none at all, so 0 is a correct measurement.
+        assert row["server_cpu_s"] >= 0
+        cost = row["server_cpu_s"] / row["round_trips"] * 1e6
+        assert row["cpu_us_per_rt"] == pytest.approx(cost, abs=1e-3)
     assert "| sockecho asyncio |" in (out / "benchmarks.md").read_text()
     assert (out / "benchmarks.png").read_bytes().startswith(PNG_MAGIC)
 

@@ -13,9 +13,16 @@ import threading
 
 import pytest
 
-from sockecho import cli, net
+from sockecho import Server, cli, net
 from sockecho.core import StatsSnapshot
-from tests.conftest import WAIT, ServeProcess, connect, recv_exactly, run_cli
+from tests.conftest import (
+    WAIT,
+    ServeProcess,
+    connect,
+    recv_exactly,
+    recv_until_eof,
+    run_cli,
+)
 
 
 def test_version_prints_the_package_version() -> None:
@@ -80,6 +87,48 @@ def test_quiet_prints_only_the_ready_line(serve_process: type[ServeProcess]) -> 
         assert recv_exactly(sock, 1) == b"x"
     assert srv.stop(signal.SIGTERM) == 0
     assert srv.stderr_lines == [f"listening on {srv.endpoints[0]}"]
+
+
+def test_quiet_still_prints_warnings(serve_process: type[ServeProcess]) -> None:
+    """``-q``'s help promises the ready line, warnings and errors: a limit reached is a
+    warning, so it shows; the open/close lines are information, so they do not."""
+    srv = serve_process("--port", "0", "-q", "--max-connections", "1")
+    with connect(srv.address) as first:
+        first.sendall(b"x")
+        assert recv_exactly(first, 1) == b"x"
+        with connect(srv.address) as second:  # over the limit: closed at once
+            assert recv_until_eof(second) == b""
+        assert srv.wait_for_line("rejected 1 connection(s): limit reached")
+    assert srv.stop(signal.SIGTERM) == 0
+    assert not [line for line in srv.stderr_lines if " open 127.0.0.1:" in line]
+    usage = run_cli("serve", "--help").stdout.decode()
+    assert "only the ready line, warnings and errors" in " ".join(usage.split())
+
+
+def test_ctrl_c_during_send_exits_1_saying_interrupted() -> None:
+    server = Server(model="selectors", port=0)
+    server.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockecho", "send", "--port", str(server.address[1])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(b"hola\n")
+        proc.stdin.flush()
+        assert proc.stdout.read(5) == b"hola\n"  # streaming: stdin stays open
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+        server.stop()
+    assert proc.returncode == 1
+    assert stderr == b"sockecho: error: interrupted\n"
 
 
 def test_port_in_use_exits_1_with_one_line() -> None:
@@ -287,6 +336,7 @@ def test_stop_summary_counts_served_refused_and_dropped() -> None:
         datagrams_dropped_low_port=1,
         datagrams_dropped_rate=3,
         datagram_errors=0,
+        tls_handshake_failures=0,
     )
     assert cli.summarize(snapshot) == (
         "1 connection served, 2 bytes echoed, 3 connections refused, "

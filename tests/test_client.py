@@ -7,6 +7,7 @@ import io
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from sockecho import EchoMismatch, Server, client
 from sockecho.errors import ConnectError, EchoTimeout
+from tests.conftest import WAIT
 
 
 @pytest.fixture
@@ -142,6 +144,54 @@ def test_stream_accepts_a_complete_echo_from_a_server_that_never_closes(
     result = client.stream(io.BytesIO(b"x" * 100_000), sink, *never_closing_server, timeout=5)
     assert result.intact
     assert sink.getvalue() == b"x" * 100_000
+
+
+#: Seconds a LateEndingSource waits, after its echo came back, before it ends.
+LATE_END = 0.3
+
+
+class LateEndingSource(io.RawIOBase):
+    """An input that gives one line and ends only a while after its echo came back: the
+    sending thread half-closes after the receiving side already holds the whole echo."""
+
+    def __init__(self, echoed: threading.Event) -> None:
+        self.echoed = echoed
+        self.given = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.given:
+            self.given = True
+            buffer[:5] = b"hola\n"
+            return 5
+        assert self.echoed.wait(WAIT)
+        time.sleep(LATE_END)  # the late end under test, not synchronisation
+        return 0
+
+
+class SignallingSink(io.BytesIO):
+    """A sink that sets ``echoed`` once something was written to it."""
+
+    def __init__(self, echoed: threading.Event) -> None:
+        super().__init__()
+        self.echoed = echoed
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        self.echoed.set()
+        return written
+
+
+def test_stream_accepts_a_whole_echo_that_came_back_before_the_input_ended(
+    never_closing_server: tuple[str, int],
+) -> None:
+    echoed = threading.Event()
+    sink = SignallingSink(echoed)
+    result = client.stream(LateEndingSource(echoed), sink, *never_closing_server, timeout=1)
+    assert result.intact
+    assert sink.getvalue() == b"hola\n"
 
 
 class EndlessSource(io.RawIOBase):

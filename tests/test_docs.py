@@ -29,12 +29,7 @@ MODELS_DOC = REPO / "docs" / "models.md"
 ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
 #: Documents the README's "More" list announces before they are written in other branches;
 #: remove a name once its file exists, so its link is checked like every other.
-ANNOUNCED_DOCS = {
-    "docs/measuring.md",
-    "docs/tutorial.md",
-    "docs/tutorial.es.md",
-    "docs/PERFORMANCE.md",
-}
+ANNOUNCED_DOCS: set[str] = set()
 #: Subcommands the README documents in full; the others (bench, ping) have their own docs.
 README_COMMANDS = ("serve", "send", "models")
 OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
@@ -195,3 +190,15 @@ def test_relative_links_point_to_existing_files_and_headings(doc: Path) -> None:
         assert path.exists(), f"{doc.name} links to {target}, which does not exist"
         if anchor:
             assert anchor in heading_anchors(path.read_text()), f"{doc.name}: no #{anchor}"
+
+
+def test_every_document_the_help_cites_exists() -> None:
+    cited = {
+        path
+        for name, parser in subcommands().items()
+        for path in re.findall(r"\bdocs/[\w.-]+\.md\b", parser.format_help())
+        if name
+    }
+    assert cited, "no subcommand's help cites a document"
+    for path in cited:
+        assert (REPO / path).exists() or path in ANNOUNCED_DOCS, f"--help cites {path}"

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from sockecho import Server, ServerConfig
-from tests.conftest import REPO, WAIT, connect, recv_exactly, reset, run_cli
+from tests.conftest import (
+    REPO,
+    WAIT,
+    connect,
+    recv_exactly,
+    report_child_output,
+    reset,
+    run_cli,
+)
 
 EXAMPLES = REPO / "examples"
 SERVERS = ["echo_server.py", "select_server.py", "threading_server.py"]
@@ -76,13 +84,14 @@ class ExampleServer:
 
 
 @pytest.fixture
-def start_example() -> Iterator[type[ExampleServer]]:
+def start_example(request: pytest.FixtureRequest) -> Iterator[type[ExampleServer]]:
     started: list[ExampleServer] = []
 
     class Tracked(ExampleServer):
         def __init__(self, name: str) -> None:
             super().__init__(name)
             started.append(self)
+            report_child_output(request, f"stdout of examples/{name}", lambda: list(self.lines))
 
     yield Tracked
     for server in started:

@@ -11,6 +11,9 @@ import signal
 import socket
 import time
 
+import pytest
+
+from sockecho import Server
 from tests.conftest import WAIT, ServeProcess, connect, recv_exactly, recv_until_eof
 from tests.procinfo import wait_until
 
@@ -69,3 +72,20 @@ def test_second_signal_exits_at_once(model: str, serve_process: type[ServeProces
         assert srv.proc.wait(WAIT) == 0
         assert time.monotonic() - stopped_at < 5  # not the 60 s drain
         assert recv_until_eof(lingering) == b""
+
+
+def test_iterative_stop_resets_the_clients_waiting_in_its_backlog() -> None:
+    """docs/models.md: ``shutdown(SHUT_RD)`` on the listener drops the clients queued behind
+    the one being served; that one still gets its drain."""
+    with Server(model="iterative", port=0, drain_timeout=WAIT) as srv:
+        with connect(srv.address) as served, connect(srv.address) as queued:
+            served.sendall(b"a")
+            assert recv_exactly(served, 1) == b"a"  # the server is busy with this one
+            queued.sendall(b"b")  # connected by the kernel, waiting to be accepted
+            srv.request_stop()
+            with pytest.raises(ConnectionResetError):
+                queued.recv(1)
+            served.sendall(b"c")
+            assert recv_exactly(served, 1) == b"c"
+        srv.join(WAIT)
+    assert srv.snapshot().connections_accepted == 1

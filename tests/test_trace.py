@@ -12,7 +12,9 @@ import io
 import re
 import select
 import selectors
+import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from sockecho import Server, ServerConfig
+from sockecho.client import echo
 from sockecho.servers.base import SocketCalls
 from sockecho.trace import (
     PREVIEW_BYTES,
@@ -32,9 +35,10 @@ from sockecho.trace import (
 )
 from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly, reset, run_cli
 
-#: One trace line: ``role  name(args)``, then `` ...  (why)`` or `` -> result`` or nothing.
+#: One trace line: ``role  [thread] name(args)``, then `` ...  (why)`` or `` -> result`` or
+#: nothing; the ``[thread]`` tag is there when another thread was blocked in a call meanwhile.
 LINE = re.compile(
-    r"^(?P<role>\S+)  (?P<name>[\w.]+)\((?P<args>.*?)\)"
+    r"^(?P<role>\S+)  (?:\[(?P<thread>[^\]]+)\] )?(?P<name>[\w.]+)\((?P<args>.*?)\)"
     r"(?:(?P<waiting> \.\.\.) +\((?P<why>blocks.*)\)| +-> (?P<result>.*))?$"
 )
 
@@ -46,6 +50,7 @@ class Call:
     args: str
     result: str | None
     waiting: bool
+    thread: str | None = None
 
 
 def parse(text: str) -> list[Call]:
@@ -60,6 +65,7 @@ def parse(text: str) -> list[Call]:
                 match["args"],
                 match["result"],
                 match["waiting"] is not None,
+                match["thread"],
             )
         )
     return calls
@@ -169,11 +175,11 @@ def test_trace_narrates_the_whole_server_lifecycle_in_order(
             "epoll_wait() reporting the connection readable",
         )
     else:  # blocking models: the recv itself waits, and says so first
-        if model == "iterative":  # threading sweeps for idle clients in a thread instead
-            script.expect(
-                lambda c: c.name == "settimeout" and c.args == f"fd {conn}, 300.0", "idle"
-            )
-        waiting = [c for c in calls[script.position :] if c.waiting]
+        # iterative: the idle limit is a socket timeout; threading: a sweeping thread instead
+        limit = "300.0" if model == "iterative" else "None"
+        script.expect(lambda c: c.name == "settimeout" and c.args == f"fd {conn}, {limit}", "idle")
+        # (threading: the serving thread's next epoll_wait may be announced first)
+        waiting = [c for c in calls[script.position :] if c.waiting and c.name != "epoll_wait"]
         assert waiting[0].name == "recv"
         assert waiting[0].args == f"fd {conn}, 65536"
     received = script.expect(
@@ -400,6 +406,33 @@ def test_epoll_descriptor_is_announced_and_closed() -> None:
     assert calls[1].args == f"fd {fd_in(calls[0].result)}"
 
 
+def test_trace_narrates_a_udp_echo(model: str, trace_stream: io.StringIO) -> None:
+    tracer = Tracer("server", trace_stream, color=False)
+    config = ServerConfig(model=model, port=0, udp=True, drain_timeout=1.0)
+    with (
+        Server(config, calls=traced_calls(tracer)) as srv,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(WAIT)
+        client.sendto(b"hola\n", srv.datagram_addresses[0])
+        assert client.recv(100) == b"hola\n"
+        port = client.getsockname()[1]
+        peer = f"127.0.0.1:{port}"
+        assert srv.stats.wait_for(lambda s: s.datagrams_echoed == 1, WAIT)
+    script = Script(parse(trace_stream.getvalue()))
+    created = script.expect(lambda c: c.name == "socket" and "SOCK_DGRAM" in c.args, "socket()")
+    udp = fd_in(created.result)
+    received = script.expect(lambda c: c.name == "recvfrom", "recvfrom()")
+    fd, size = received.args.split(", ")
+    assert fd == f"fd {udp}"
+    assert int(size) >= 65535  # room for any datagram (asyncio asks for 256 KiB)
+    assert received.result == f"5 bytes b'hola\\n' from {peer}"
+    sent = script.expect(lambda c: c.name == "sendto", "sendto()")
+    assert sent.args == f"fd {udp}, 5 bytes, ('127.0.0.1', {port})"
+    assert sent.result == "5 bytes"
+
+
 @pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
 def test_ping_trace_narrates_each_probe(udp: bool) -> None:
     with Server(model="selectors", port=0, udp=udp) as srv:
@@ -430,3 +463,176 @@ def test_ping_trace_narrates_each_probe(udp: bool) -> None:
         assert echoed.result is not None
         assert echoed.result.startswith("56 bytes ")
     script.expect(lambda c: c.name == "close" and c.args == f"fd {fd}", "close()")
+
+
+class ReaderGone(io.StringIO):
+    """A trace stream whose reader leaves after ``lines`` lines (``2>&1 | head -3``)."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.lines_left = lines
+
+    def write(self, text: str) -> int:
+        if self.lines_left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines_left -= text.count("\n")
+        return super().write(text)
+
+
+def test_a_trace_reader_that_goes_away_stops_the_trace_not_the_server(
+    model: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = ReaderGone(lines=3)
+    config = ServerConfig(model=model, port=0, drain_timeout=1.0)
+    with Server(config, calls=traced_calls(Tracer("server", stream, color=False))) as srv:
+        for _ in range(3):
+            with connect(srv.address) as sock:
+                sock.sendall(b"hola\n")
+                assert recv_exactly(sock, 5) == b"hola\n"
+        assert srv.stats.wait_for(lambda s: s.connections_closed == 3, WAIT)
+    assert len(stream.getvalue().splitlines()) == 3
+    stopped = [r for r in caplog.records if r.getMessage().startswith("--trace stopped")]
+    assert len(stopped) == 1, caplog.text
+    assert "BrokenPipeError [EPIPE]" in stopped[0].getMessage()
+
+
+def test_a_trace_reader_that_goes_away_does_not_break_the_client() -> None:
+    stream = ReaderGone(lines=1)
+    with Server(model="selectors", port=0) as srv:
+        socket_class = traced_socket_class(Tracer("client", stream, color=False))
+        reply = echo(b"hola\n", *srv.address, WAIT, socket_class=socket_class)
+    assert reply == b"hola\n"
+    assert stream.getvalue().startswith("client  socket(")
+
+
+def test_serve_trace_keeps_serving_after_its_stderr_reader_left() -> None:
+    """``sockecho serve --trace 2>&1 | head``: the server outlives the pipe's reader."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockecho", "serve", "--trace", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends with the process, if it never gets ready
+            if line.startswith("listening on tcp://"):
+                port = int(line.rsplit(":", 1)[1])
+                break
+        else:
+            pytest.fail(f"no ready line; exit code {proc.wait(WAIT)}")
+        proc.stderr.close()  # the reader goes away; the next trace line meets EPIPE
+        for _ in range(2):
+            with connect(("127.0.0.1", port)) as sock:
+                sock.sendall(b"hola\n")
+                assert recv_exactly(sock, 5) == b"hola\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+
+
+def test_a_stop_from_another_thread_is_narrated_in_the_order_it_happened(
+    monkeypatch: pytest.MonkeyPatch, trace_stream: io.StringIO
+) -> None:
+    """The stop's ``shutdown(SHUT_RD)`` comes before the ``close`` it leads to, tagged with
+    the thread that made it, and the ``accept`` it fails says why.
+
+    The real shutdown returns, then the test holds the stopping thread until the serving
+    thread has closed the listener (or 0.5 s): a trace written after the call, outside
+    the tracer's lock, would show ``close`` first.
+    """
+    closed = threading.Event()
+    waiting = threading.Event()
+    listener_close = "close(fd ?)"  # known once the server has opened its listener
+
+    class WatchedTrace(io.StringIO):
+        def write(self, text: str) -> int:
+            if "epoll_wait(no timeout) ..." in text:
+                waiting.set()
+            if listener_close in text:
+                closed.set()
+            return super().write(text)
+
+    stream = WatchedTrace()
+    real_shutdown = socket.socket.shutdown
+
+    def shutdown_then_linger(sock: socket.socket, how: int) -> None:
+        real_shutdown(sock, how)
+        if how == socket.SHUT_RD:
+            closed.wait(0.5)  # never set with the fix: the serving thread waits for the lock
+
+    monkeypatch.setattr(socket.socket, "shutdown", shutdown_then_linger)
+    tracer = Tracer("server", stream, color=False)
+    srv = Server(ServerConfig(model="iterative", port=0), calls=traced_calls(tracer))
+    srv.start()
+    listener = srv.model.listeners[0].fileno()
+    listener_close = f"close(fd {listener})"
+    assert waiting.wait(WAIT)  # the serving thread waits for a client: stop it from here
+    srv.stop()
+    calls = parse(stream.getvalue())
+    names = [(c.name, c.args) for c in calls]
+    assert names.index(("shutdown", f"fd {listener}, SHUT_RD")) < names.index(
+        ("close", f"fd {listener}")
+    ), stream.getvalue()
+    stop = next(c for c in calls if c.name == "shutdown")
+    assert stop.thread == threading.current_thread().name
+    assert all(c.thread is None for c in calls if c.name != "shutdown")
+    for failed in (c for c in calls if c.name == "accept"):
+        assert failed.result == (
+            "OSError [EINVAL] (the socket is not listening any more: "
+            "a stop shut it down to refuse clients)"
+        )
+
+
+def test_asyncio_polls_that_find_nothing_are_folded_and_counted(
+    trace_stream: io.StringIO,
+) -> None:
+    tracer = Tracer("server", trace_stream, color=False)
+    with Server(ServerConfig(model="asyncio", port=0), calls=traced_calls(tracer)) as srv:
+        run_session(srv)
+    calls = parse(trace_stream.getvalue())
+    polls = [c for c in calls if c.name == "epoll_wait" and c.args == "timeout 0.00"]
+    assert polls
+    folded = 0
+    for poll in polls:
+        assert poll.result is not None
+        assert poll.result != "nothing ready (timeout)"  # one line per empty poll: a flood
+        match = re.fullmatch(
+            r"nothing ready, (\d+) times? \(polls that do not wait, folded since the last "
+            r"wait shown\)",
+            poll.result,
+        )
+        if match:
+            folded += int(match[1])
+        else:
+            assert "readable" in poll.result or "writable" in poll.result, poll
+    assert folded > 0  # asyncio does poll with timeout 0; the count says how often
+
+
+def test_folded_polls_are_reported_before_the_next_wait_and_at_close() -> None:
+    out = io.StringIO()
+    left, right = socket.socketpair()
+    with left, right:
+        selector = TracedSelector(Tracer("server", out, color=False))
+        selector.register(left, selectors.EVENT_READ)
+        for _ in range(3):
+            assert selector.select(0) == []
+        right.sendall(b"x")
+        assert len(selector.select(WAIT)) == 1
+        assert selector.select(0) != []  # a poll that finds something is shown
+        left.recv(1)
+        assert selector.select(0) == []
+        fd = left.fileno()
+        selector.close()
+    waits = [(c.args, c.result) for c in parse(out.getvalue()) if c.name == "epoll_wait"]
+    folded = "nothing ready, {} (polls that do not wait, folded since the last wait shown)"
+    assert waits == [
+        ("timeout 0.00", folded.format("3 times")),
+        (f"timeout {WAIT:.2f}", None),  # the announcement: ``epoll_wait(timeout 20.00) ...``
+        (f"timeout {WAIT:.2f}", f"fd {fd} readable"),
+        ("timeout 0.00", f"fd {fd} readable"),
+        ("timeout 0.00", folded.format("1 time")),  # reported when the selector closes
+    ]

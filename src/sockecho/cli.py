@@ -9,29 +9,34 @@ exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import inspect
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from sockecho import __version__, client
+from sockecho import __version__, client, tls
 from sockecho.config import (
     DEFAULT_BACKLOG,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     DEFAULT_UDP_RATE,
     MAX_BACKLOG,
     MAX_SECONDS,
     UDP_BURST_SECONDS,
+    ClientTLSConfig,
     ServerConfig,
 )
 from sockecho.core import StatsSnapshot
@@ -90,6 +95,13 @@ def non_negative_number(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if not value:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
+    return value
+
+
 def seconds(text: str) -> float:
     """0 up to MAX_SECONDS (a year): larger values overflow the kernel's timeouts."""
     value: float = _bounded(text, float, 0, MAX_SECONDS, "a number of seconds")
@@ -108,11 +120,13 @@ examples:
   sockecho serve --port 0                 pick a free port (read it from the ready line)
   sockecho serve --host :: --port 7007    IPv4 and IPv6 clients on every interface
   sockecho serve --udp                    UDP echo too, on the same port number
+  sockecho serve --tls-cert cert.pem --tls-key key.pem
+                                          echo over TLS ("listening on tls://...")
 
 When a listener is ready, one line goes to stderr: "listening on tcp://HOST:PORT"
-(IPv6 hosts in brackets), one per address of HOST; with --udp, "listening on
-udp://HOST:PORT" lines follow. SIGINT or SIGTERM stops it gracefully (exit 0); a second
-signal stops at once.
+(IPv6 hosts in brackets), one per address of HOST; with --tls-cert they say
+tls://, and with --udp "listening on udp://HOST:PORT" lines follow. SIGINT or
+SIGTERM stops it gracefully (exit 0); a second signal stops at once.
 """
 
 SEND_EXAMPLES = """\
@@ -121,6 +135,8 @@ examples:
   sockecho send --port 7007 hello world   sends "hello world\\n", waits for all of it
   sockecho send < big.bin > copy.bin      streams a file through the server
   echo hi | sockecho send                 the same with a pipe
+  sockecho send --tls --tls-ca ca.pem hi  over TLS, checking the server against ca.pem
+  sockecho send --tls --insecure hi       over TLS to a self-signed test server
 
 Exit status: 0 when the echo came back complete and identical, 1 otherwise.
 """
@@ -187,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_trace_argument(serve)
     add_udp_arguments(serve)
+    add_tls_server_arguments(serve)
     add_verbosity_arguments(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
@@ -211,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up connecting, or waiting for an outstanding echo, after this long "
         f"(default: {client.DEFAULT_TIMEOUT:g}; 0 waits forever)",
     )
+    add_tls_client_arguments(send)
     add_trace_argument(send)
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
@@ -262,7 +280,9 @@ def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
 
 
 def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
-    udp = parser.add_argument_group("UDP echo (see docs/udp-tls.md)")
+    udp = parser.add_argument_group(
+        "UDP echo (limits: docs/security.md, section 6; per model: docs/models.md)"
+    )
     udp.add_argument(
         "--udp",
         action="store_true",
@@ -292,9 +312,43 @@ def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tls_server_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS (see docs/udp-tls.md)")
+    group.add_argument(
+        "--tls-cert", metavar="FILE", help="serve echo over TLS with this PEM certificate chain"
+    )
+    group.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-handshake-timeout",
+        type=positive_seconds,
+        default=DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="close clients that have not completed the TLS handshake by then "
+        f"(default: {DEFAULT_TLS_HANDSHAKE_TIMEOUT:g})",
+    )
+
+
+def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS")
+    group.add_argument("--tls", action="store_true", help="talk TLS to the server")
+    group.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="trust the server's certificate if this PEM CA signed it "
+        "(default: the system's trusted roots; implies --tls)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the server's certificate at all (test servers only; implies --tls)",
+    )
+
+
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true", help="only the ready line and errors")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="only the ready line, warnings and errors"
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="debug detail")
 
 
@@ -343,24 +397,42 @@ def run_serve(args: argparse.Namespace) -> int:
             udp_allow_low_ports=args.udp_allow_low_ports,
             udp_rate=args.udp_rate,
             udp_burst=args.udp_burst,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_handshake_timeout=args.tls_handshake_timeout,
         )
         tracer = tracer_for(args, "server")
         server = Server(config, calls=tracer.socket_calls() if tracer else None)
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
+    # The main thread's events: a signal number, or None once the serving thread has ended.
+    # A signal handler only records the signal (SimpleQueue.put is reentrant): it runs between
+    # two bytecodes of the main thread, which may be in the middle of a write to stderr or
+    # hold a lock, so logging or stopping from the handler itself could interleave or deadlock.
+    events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        server.request_stop()  # a second signal makes it stop at once (no drain)
+        events.put(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     for endpoint in server.start():
         # One write, not print()'s two: the serving thread (its log, --trace) writes to
-        # stderr too, and must not land between the line and its newline.
-        sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
-        sys.stderr.flush()
-    server.stopped.wait()  # interrupted by signals, whose handlers ask the model to stop
+        # stderr too, and must not land between the line and its newline. A reader that
+        # went away (``2>&1 | head -3``) takes the output with it, not the server.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+            sys.stderr.flush()
+
+    def report_end() -> None:
+        server.stopped.wait()
+        events.put(None)
+
+    threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
+    while (received := events.get()) is not None:  # get() lets the signal handlers run
+        log.info("%s: stopping", signal.Signals(received).name)
+        server.request_stop()  # a second signal makes it stop at once (no drain)
     server.join()
     log.info("stopped: %s", summarize(server.snapshot()))
     return ExitCode.OK
@@ -398,6 +470,13 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_send(args: argparse.Namespace) -> int:
     timeout = args.timeout or None
+    context = None
+    if args.tls or args.tls_ca or args.insecure:
+        try:
+            tls_config = ClientTLSConfig(ca_file=args.tls_ca, insecure=args.insecure)
+        except ConfigError as exc:
+            args.parser.error(str(exc))
+        context = tls.client_context(tls_config)
     tracer = tracer_for(args, "client")
     socket_class = tracer.socket_class() if tracer else socket.socket
     if sys.stdout is None or (not args.message and sys.stdin is None):
@@ -405,7 +484,9 @@ def run_send(args: argparse.Namespace) -> int:
     if args.message:
         # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
         message = os.fsencode(" ".join(args.message)) + b"\n"
-        reply = client.echo(message, args.host, args.port, timeout, socket_class=socket_class)
+        reply = client.echo(
+            message, args.host, args.port, timeout, tls=context, socket_class=socket_class
+        )
         try:
             sys.stdout.buffer.write(reply)
             sys.stdout.buffer.flush()
@@ -420,6 +501,7 @@ def run_send(args: argparse.Namespace) -> int:
             args.host,
             args.port,
             timeout,
+            tls=context,
             socket_class=socket_class,
         )
     return ExitCode.OK

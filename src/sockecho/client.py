@@ -8,6 +8,12 @@
   the caller's thread receives, so neither side can fill the other's buffers and
   deadlock, whatever the size. Both directions are hashed and counted, so a short
   or altered echo is caught without keeping the data.
+
+Each takes ``tls``, an ``ssl.SSLContext`` (see :func:`sockecho.tls.client_context`),
+to talk to a TLS echo server; the certificate is checked against ``host``.
+:func:`echo` and :func:`stream` then keep the TLS state in
+:class:`sockecho.tls.DuplexTLS`, because an ``SSLSocket`` must not be read and
+written from two threads at once.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import errno
 import hashlib
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from sockecho.config import DEFAULT_HOST, DEFAULT_PORT
 from sockecho.errors import ClientError, ConnectError, EchoMismatch, EchoTimeout, ResolveError
 from sockecho.net import format_host_port, resolve, set_nodelay
+from sockecho.tls import DuplexTLS, describe_ssl_error
 
 #: Seconds to wait for a connection or for the next echoed bytes.
 DEFAULT_TIMEOUT = 10.0
@@ -37,12 +45,49 @@ def connect(
     port: int = DEFAULT_PORT,
     timeout: float | None = DEFAULT_TIMEOUT,
     *,
+    tls: ssl.SSLContext | None = None,
     socket_class: type[socket.socket] = socket.socket,
 ) -> socket.socket:
     """Connect to the first address of ``host`` that answers; ConnectError naming it if none.
 
-    ``socket_class`` makes the socket (``--trace`` passes a narrating one).
+    With ``tls``, the TLS handshake is done too and an ``ssl.SSLSocket`` returned
+    (for one thread at a time). ``socket_class`` makes the socket (``--trace``
+    passes a narrating one).
     """
+    sock = connect_tcp(host, port, timeout, socket_class)
+    if tls is None:
+        return sock
+    try:
+        tls_sock = tls.wrap_socket(sock, server_hostname=host)
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise handshake_error(exc, host, port, timeout) from None
+    return tls_sock
+
+
+def handshake_error(
+    exc: BaseException, host: str, port: int, timeout: float | None
+) -> ConnectError:
+    """The one line that says why a TLS handshake with ``host`` failed."""
+    where = format_host_port(host, port)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectError(
+            f"the TLS certificate of {where} is not trusted: {describe_ssl_error(exc)}",
+            "pass --tls-ca FILE with the CA that signed it, or --insecure for a test server",
+        )
+    if isinstance(exc, TimeoutError):
+        return ConnectError(f"timed out in the TLS handshake with {where} after {timeout:g} s")
+    if isinstance(exc, ssl.SSLError):
+        reason = describe_ssl_error(exc)
+    else:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return ConnectError(f"TLS handshake with {where} failed: {reason}", "is it a TLS echo server?")
+
+
+def connect_tcp(
+    host: str, port: int, timeout: float | None, socket_class: type[socket.socket] = socket.socket
+) -> socket.socket:
+    """:func:`connect` without TLS."""
     last: ConnectError | None = None
     for family, sockaddr in resolve(host, port, socket.SOCK_STREAM, passive=False):
         where = format_host_port(str(sockaddr[0]), port)
@@ -91,6 +136,30 @@ class InputError(ClientError):
     """The local input could not be read."""
 
 
+class Channel(Protocol):
+    """What the echo loops need of a connection: a plain socket, or :class:`DuplexTLS`."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+    def recv(self, bufsize: int, /) -> bytes: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def settimeout(self, value: float | None, /) -> None: ...
+    def gettimeout(self) -> float | None: ...
+
+
+def open_channel(
+    sock: socket.socket, tls: ssl.SSLContext | None, host: str, port: int, timeout: float | None
+) -> Channel:
+    """``sock`` itself, or a TLS channel over it once the handshake is done."""
+    if tls is None:
+        return sock
+    channel = DuplexTLS(sock, tls, host)
+    try:
+        channel.handshake()
+    except (OSError, ValueError) as exc:
+        raise handshake_error(exc, host, port, timeout) from None
+    return channel
+
+
 class _Sender:
     """Sends chunks in a background thread, then half-closes; the caller receives meanwhile.
 
@@ -100,7 +169,7 @@ class _Sender:
     source that never ends (a terminal) must not keep the process alive.
     """
 
-    def __init__(self, sock: socket.socket, chunks: Iterator[bytes], *, inline: bool) -> None:
+    def __init__(self, sock: Channel, chunks: Iterator[bytes], *, inline: bool) -> None:
         self.sock = sock
         self.chunks = chunks
         self.sent = 0
@@ -183,7 +252,7 @@ def _read_source(source: BinaryIO) -> Iterator[bytes]:
 
 
 def _receive_echo(
-    sock: socket.socket,
+    sock: Channel,
     sender: _Sender,
     expected: int | None,
     on_data: Callable[[bytes], None],
@@ -210,11 +279,13 @@ def _receive_echo(
         try:
             data = sock.recv(want)
         except TimeoutError:
-            if complete:
+            # Asked afresh, not from before the wait: the sending thread may have half-closed
+            # during it, after the last of the echo had already come back.
+            target = expected if expected is not None else sender.sent
+            if sender.finished.is_set() and received >= target:
                 return received  # the server keeps the connection open: the echo is whole
             if sender.running and received == sender.sent:
                 continue  # nothing outstanding: the input is just slow (a person typing)
-            target = expected if expected is not None else sender.sent
             raise EchoTimeout(
                 f"timed out waiting for the echo ({received} of {target} bytes came back)"
             ) from None
@@ -251,6 +322,7 @@ def echo(
     port: int = DEFAULT_PORT,
     timeout: float | None = DEFAULT_TIMEOUT,
     *,
+    tls: ssl.SSLContext | None = None,
     socket_class: type[socket.socket] = socket.socket,
 ) -> bytes:
     """Send ``message``, half-close, wait for the whole echo, return it.
@@ -259,9 +331,10 @@ def echo(
     server stops answering. Any size: sending and receiving overlap.
     """
     reply = bytearray()
-    with connect(host, port, timeout, socket_class=socket_class) as sock:
-        sender = _Sender(sock, iter([message]), inline=len(message) <= INLINE_SEND_LIMIT)
-        _receive_echo(sock, sender, len(message), reply.extend, CLOSE_GRACE)
+    with connect_tcp(host, port, timeout, socket_class) as sock:
+        channel = open_channel(sock, tls, host, port, timeout)
+        sender = _Sender(channel, iter([message]), inline=len(message) <= INLINE_SEND_LIMIT)
+        _receive_echo(channel, sender, len(message), reply.extend, CLOSE_GRACE)
         sender.join(timeout)
         sender.raise_error()
     if reply != message:
@@ -298,6 +371,7 @@ def stream(
     port: int = DEFAULT_PORT,
     timeout: float | None = DEFAULT_TIMEOUT,
     *,
+    tls: ssl.SSLContext | None = None,
     socket_class: type[socket.socket] = socket.socket,
 ) -> StreamResult:
     """Send all of ``source`` through the server, writing the echo to ``sink`` as it arrives.
@@ -319,10 +393,11 @@ def stream(
             raise OutputError(f"cannot write the echo: {exc.strerror or exc}") from None
         received_hash.update(data)
 
-    with connect(host, port, timeout, socket_class=socket_class) as sock:
-        sender = _Sender(sock, _read_source(source), inline=False)
+    with connect_tcp(host, port, timeout, socket_class) as sock:
+        channel = open_channel(sock, tls, host, port, timeout)
+        sender = _Sender(channel, _read_source(source), inline=False)
         try:
-            received = _receive_echo(sock, sender, None, write_out, CLOSE_GRACE)
+            received = _receive_echo(channel, sender, None, write_out, CLOSE_GRACE)
         finally:
             with contextlib.suppress(OSError):
                 sink.flush()

@@ -49,6 +49,9 @@ UDP_BURST_SECONDS = 0.1
 #: Source ports below this are privileged (echo 7, discard 9, daytime 13, chargen 19,
 #: time 37 live there): replying to them could start an endless loop between two services.
 UDP_LOWEST_REPLY_PORT = 1024
+#: Seconds a TLS client gets to complete its handshake: ample for a real client on any
+#: network, short enough that silent connections cannot hold connection slots for long.
+DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,11 @@ class ServerConfig:
     replies per second per source address (0 disables the limit);
     ``udp_burst`` the token bucket's depth in datagrams (default: 0.1 s of the
     rate, at least 1).
+
+    ``tls_cert`` and ``tls_key`` (PEM files, both or neither) serve echo over
+    TLS; a client that has not finished its handshake after
+    ``tls_handshake_timeout`` seconds is closed. The files are read (and their
+    errors reported) when the server is built, by :mod:`sockecho.tls`.
     """
 
     model: str = "asyncio"
@@ -80,6 +88,9 @@ class ServerConfig:
     udp_allow_low_ports: bool = False
     udp_rate: float = DEFAULT_UDP_RATE
     udp_burst: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -108,10 +119,24 @@ class ServerConfig:
             raise ConfigError("UDP rate must be 0 (no limit) or a positive number per second")
         if self.udp_burst is not None and self.udp_burst < 1:
             raise ConfigError("UDP burst must be at least 1 datagram")
+        if self.tls_cert == "" or self.tls_key == "":
+            raise ConfigError("a TLS certificate or key path is empty")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "TLS needs both a certificate and its private key",
+                "pass --tls-cert FILE and --tls-key FILE together",
+            )
+        if not 0 < self.tls_handshake_timeout < math.inf:
+            raise ConfigError("TLS handshake timeout must be a positive number of seconds")
 
     def replace(self, **changes: object) -> ServerConfig:
         """Return a copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def tls(self) -> bool:
+        """Whether TCP clients are served over TLS."""
+        return self.tls_cert is not None
 
     @property
     def udp_burst_size(self) -> int:
@@ -133,3 +158,24 @@ class ServerConfig:
                 "select.select() cannot watch descriptors >= 1024; use --model selectors",
             )
         return wanted
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTLSConfig:
+    """How the client checks a TLS server.
+
+    By default the server's certificate must chain to the system's trusted
+    roots, or to ``ca_file`` (PEM) when given, and name the host connected to.
+    ``insecure`` skips both checks (the connection is still encrypted, but a
+    man in the middle goes unnoticed): for self-signed test servers only.
+    """
+
+    ca_file: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.insecure and self.ca_file:
+            raise ConfigError(
+                "--insecure and --tls-ca contradict each other",
+                "--tls-ca checks the server against a CA; --insecure checks nothing",
+            )

@@ -202,6 +202,7 @@ class StatsSnapshot:
     datagrams_dropped_low_port: int  # the loop guard: from a source port < 1024
     datagrams_dropped_rate: int  # the reflection limit: over the source's udp_rate
     datagram_errors: int  # sendto() failed (ICMP unreachable, buffer full): not echoed
+    tls_handshake_failures: int  # not TLS, a bad handshake, or none within the timeout
 
 
 class ServerStats:
@@ -221,6 +222,7 @@ class ServerStats:
         self.datagrams_dropped_low_port = 0
         self.datagrams_dropped_rate = 0
         self.datagram_errors = 0
+        self.tls_handshake_failures = 0
 
     def opened(self) -> None:
         with self._changed:
@@ -257,6 +259,11 @@ class ServerStats:
                 self.bytes_echoed += size
             self._changed.notify_all()
 
+    def tls_handshake_failed(self) -> None:
+        with self._changed:
+            self.tls_handshake_failures += 1
+            self._changed.notify_all()
+
     def snapshot(self) -> StatsSnapshot:
         with self._changed:
             return StatsSnapshot(
@@ -272,6 +279,7 @@ class ServerStats:
                 datagrams_dropped_low_port=self.datagrams_dropped_low_port,
                 datagrams_dropped_rate=self.datagrams_dropped_rate,
                 datagram_errors=self.datagram_errors,
+                tls_handshake_failures=self.tls_handshake_failures,
             )
 
     def wait_for(self, predicate: Callable[[StatsSnapshot], bool], timeout: float) -> bool:

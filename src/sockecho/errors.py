@@ -6,6 +6,7 @@
     ├── ConfigError               a setting is out of range (the CLI reports it as a usage error)
     ├── ResolveError              a host name did not resolve
     ├── BindError                 a listening socket could not be opened (in use, permission)
+    ├── TLSSetupError             a TLS certificate, key or CA file could not be loaded
     ├── ClientError               the client could not talk to the server
     │   ├── ConnectError          refused, unreachable, timed out while connecting
     │   ├── EchoTimeout           the server stopped answering
@@ -41,6 +42,10 @@ class ResolveError(SockechoError):
 
 class BindError(SockechoError):
     """A listening socket could not be opened."""
+
+
+class TLSSetupError(SockechoError):
+    """A TLS certificate, key or CA file is missing, unreadable or invalid."""
 
 
 class ClientError(SockechoError):

@@ -35,6 +35,34 @@ Blocking calls
     when the call returns. Non-blocking calls get one line. ``sendall`` waits
     only when the peer does not read; it is shown once it returns.
 
+Threads
+    A stop comes from another thread (the CLI's signal handler, the drain
+    timer ``sockecho-drain-timer``), and the threading model serves each client
+    in its own thread. Two rules keep the narration honest about that:
+
+    * a call that cannot wait (``shutdown``, ``close``, ``setsockopt``, an
+      ``epoll_ctl``, anything on a non-blocking socket...) runs and writes its
+      line under the tracer's lock, so its line is where the call really
+      happened among all the others: the stop's ``shutdown(fd 5, SHUT_RD)``
+      comes before the ``close(fd 5)`` it leads to. (Calls that can wait do
+      not hold the lock: their result line is written when they return, and a
+      line of another thread may land between the return and its line.)
+    * a line written while another thread is blocked in a call carries its
+      thread's name, ``server  [MainThread] shutdown(fd 5, SHUT_RD)``: it ran
+      concurrently with that wait.
+
+    At a stop, the blocking models' listeners are shut down (``SHUT_RD``) so the
+    kernel refuses new clients; an ``accept`` racing with that fails with
+    ``EINVAL``, and its line says so.
+
+Folded polls
+    A readiness wait with timeout 0 that finds nothing is not a line of its
+    own: asyncio polls like that whenever callbacks are ready, several times
+    per echo. They are counted, and one line reports the count before the next
+    wait shown (and when the selector closes):
+    ``epoll_wait(timeout 0.00) -> nothing ready, 2 times (polls that do not
+    wait, folded since the last wait shown)``.
+
 What is not shown
     ``getsockname``/``getpeername``/``fileno`` (bookkeeping, not lifecycle), and
     sockets the program makes outside the seam: a model's internal wake-up
@@ -42,7 +70,7 @@ What is not shown
     descriptors in the readiness waits.
 
 Cost
-    Tracing costs a line of formatting and a write per call: about 20-30 µs
+    Tracing costs a line of formatting and a write per call: about 20-35 µs
     of server CPU per echo instead of 7-10 (``benchmarks/models_at_a_glance.py``),
     so it is for watching, not for benchmarks. When it is off nothing of this
     module runs (the CLI imports it only for ``--trace``): the models get the
@@ -54,19 +82,24 @@ Output
     One whole line per write under a lock, so threads (the threading model, the
     client's sender thread) never interleave mid-line. Colour (rich) when the
     stream is a terminal and ``NO_COLOR`` is unset; plain text otherwise.
-    Payloads are previewed up to :data:`PREVIEW_BYTES` bytes.
+    Payloads are previewed up to :data:`PREVIEW_BYTES` bytes. When a write to
+    the stream fails (its reader went away: ``serve --trace 2>&1 | head -3``),
+    tracing stops for good with one warning in the log, and the socket call
+    being narrated completes as if untraced: tracing never breaks the program.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import select
 import selectors
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, TextIO, TypeVar
 
 from rich.console import Console
@@ -76,6 +109,8 @@ from sockecho.net import format_sockaddr
 from sockecho.servers.base import SocketCalls, describe_error
 
 T = TypeVar("T")
+
+log = logging.getLogger("sockecho.trace")
 
 #: Bytes of payload shown in a trace line; enough to recognise a short message.
 PREVIEW_BYTES = 20
@@ -92,6 +127,10 @@ ERRNO_MEANINGS: dict[int, str] = {
     errno.ENOTCONN: "the socket is not connected",
     errno.ECONNABORTED: "the client left before accept()",
     errno.EMFILE: "out of file descriptors",
+}
+#: Meanings that depend on the call: the same errno says something else elsewhere.
+ACCEPT_MEANINGS: dict[int, str] = {
+    errno.EINVAL: "the socket is not listening any more: a stop shut it down to refuse clients",
 }
 
 _SOCKOPT_NAMES: dict[tuple[int, int], str] = {
@@ -135,11 +174,12 @@ def preview(data: bytes | bytearray | memoryview) -> str:
     return repr(head) + ("..." if len(data) > PREVIEW_BYTES else "")
 
 
-def describe_failure(exc: BaseException) -> str:
-    """``ConnectionResetError [ECONNRESET] (the peer reset the connection)``."""
+def describe_failure(exc: BaseException, meanings: Mapping[int, str] | None = None) -> str:
+    """``ConnectionResetError [ECONNRESET] (the peer reset the connection)``; ``meanings``
+    (errno: text) overrides :data:`ERRNO_MEANINGS` for one call."""
     text = describe_error(exc)
     if isinstance(exc, OSError):
-        meaning = ERRNO_MEANINGS.get(exc.errno or 0)
+        meaning = (meanings or {}).get(exc.errno or 0) or ERRNO_MEANINGS.get(exc.errno or 0)
         if meaning is None and exc.errno is None and exc.args:
             meaning = str(exc.args[0])  # socket timeouts: "timed out"
         if meaning:
@@ -161,7 +201,11 @@ class Tracer:
     def __init__(self, role: str, stream: TextIO | None = None, *, color: bool | None = None):
         self.role = role
         self.stream = stream if stream is not None else sys.stderr
-        self._lock = threading.Lock()
+        #: False once a write to ``stream`` failed (its reader went away): tracing stopped.
+        self.enabled = True
+        # Reentrant: a call narrated under atomic() writes its line under the same lock.
+        self._lock = threading.RLock()
+        self._waiting_threads: dict[int, int] = {}  # thread id: calls it is blocked in
         self._console: Console | None = None
         if wants_color(self.stream) if color is None else color:
             self._console = Console(
@@ -187,8 +231,36 @@ class Tracer:
         """``call`` is about to block; said before it, so a stalled program shows where."""
         self._write(f"{call + ' ...':<{CALL_WIDTH}}", f"   ({why})", "waiting")
 
-    def failed(self, call: str, exc: BaseException) -> None:
-        self._write(f"{call:<{CALL_WIDTH}}", f" -> {describe_failure(exc)}", "error")
+    def failed(
+        self, call: str, exc: BaseException, meanings: Mapping[int, str] | None = None
+    ) -> None:
+        self._write(f"{call:<{CALL_WIDTH}}", f" -> {describe_failure(exc, meanings)}", "error")
+
+    def atomic(self) -> contextlib.AbstractContextManager[object]:
+        """Hold around a call that cannot wait and its line: no other thread's line (or
+        call narrated the same way) can come between, so lines are in the calls' order."""
+        return self._lock
+
+    @contextlib.contextmanager
+    def blocked(self) -> Iterator[None]:
+        """Around a call announced by :meth:`waiting`: while it waits, lines written by
+        other threads carry their thread's name (they run concurrently with it)."""
+        me = threading.get_ident()
+        with self._lock:
+            self._waiting_threads[me] = self._waiting_threads.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting_threads[me] -= 1
+                if not self._waiting_threads[me]:
+                    del self._waiting_threads[me]
+
+    def _thread_tag(self) -> str:
+        me = threading.get_ident()
+        if any(ident != me for ident in self._waiting_threads):
+            return f"[{threading.current_thread().name}] "
+        return ""
 
     _STYLES: ClassVar[dict[str, str]] = {
         "call": "",
@@ -200,14 +272,24 @@ class Tracer:
     def _write(self, call: str, tail: str, kind: str) -> None:
         prefix = f"{self.role:<6}  "
         with self._lock:
-            if self._console is None:
-                self.stream.write(f"{prefix}{call}{tail}\n".rstrip() + "\n")
-                self.stream.flush()
+            if not self.enabled:
                 return
-            line = Text(prefix, style="cyan" if self.role == "server" else "magenta")
-            line.append(call, style="bold")
-            line.append(tail.rstrip(), style=self._STYLES[kind])
-            self._console.print(line)
+            prefix += self._thread_tag()
+            try:
+                if self._console is None:
+                    self.stream.write(f"{prefix}{call}{tail}\n".rstrip() + "\n")
+                    self.stream.flush()
+                    return
+                line = Text(prefix, style="cyan" if self.role == "server" else "magenta")
+                line.append(call, style="bold")
+                line.append(tail.rstrip(), style=self._STYLES[kind])
+                self._console.print(line)
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                # The reader went away (``| head``, a closed terminal). The trace is for
+                # watching; the program must go on: stop narrating, once, and let the
+                # socket call that was being narrated complete as if untraced.
+                self.enabled = False
+                log.warning("--trace stopped: cannot write the trace (%s)", describe_error(exc))
 
 
 class TracedSocket(socket.socket):
@@ -249,13 +331,40 @@ class TracedSocket(socket.socket):
         run: Callable[[], T],
         describe: Callable[[T], str | None],
         wait: str | None = None,
+        *,
+        sends: bool = False,
+        meanings: Mapping[int, str] | None = None,
     ) -> T:
-        if wait is not None and (why := self._blocking_why(wait)) is not None:
-            self.tracer.waiting(call, why)
+        """Run the real call and narrate it.
+
+        A call that may wait (``wait``: why) on a blocking socket is announced
+        first and reported when it returns. A send on a blocking socket waits
+        only when the peer does not read, so it is reported when it returns.
+        Every other call cannot wait: it runs and is reported under the
+        tracer's lock, so a stop made from another thread (``shutdown``,
+        ``close``) shows in the order it really happened.
+        """
+        blocking = self.gettimeout() != 0.0
+        if wait is not None and blocking:
+            self.tracer.waiting(call, self._blocking_why(wait) or "")
+            with self.tracer.blocked():
+                return self._report(call, run, describe, meanings)
+        if sends and blocking:
+            return self._report(call, run, describe, meanings)
+        with self.tracer.atomic():
+            return self._report(call, run, describe, meanings)
+
+    def _report(
+        self,
+        call: str,
+        run: Callable[[], T],
+        describe: Callable[[T], str | None],
+        meanings: Mapping[int, str] | None,
+    ) -> T:
         try:
             result = run()
         except OSError as exc:
-            self.tracer.failed(call, exc)
+            self.tracer.failed(call, exc, meanings)
             raise
         self.tracer.returned(call, describe(result))
         return result
@@ -306,6 +415,7 @@ class TracedSocket(socket.socket):
             accept_traced,
             lambda pair: f"fd {pair[0].fileno()}, peer {format_sockaddr(pair[1])}",
             wait="a passive socket waits for a client",
+            meanings=ACCEPT_MEANINGS,
         )
 
     def connect(self, address: Any, /) -> None:
@@ -368,6 +478,7 @@ class TracedSocket(socket.socket):
             f"sendto(fd {self.fileno()}, {size} bytes, {address!r})",
             lambda: super(TracedSocket, self).sendto(*args),
             lambda sent: _sent(sent, size),
+            sends=True,
         )
 
     def send(self, data: Any, flags: int = 0, /) -> int:
@@ -376,11 +487,14 @@ class TracedSocket(socket.socket):
             f"send(fd {self.fileno()}, {size} bytes)",
             lambda: super(TracedSocket, self).send(data, flags),
             lambda sent: _sent(sent, size),
+            sends=True,
         )
 
     def sendall(self, data: Any, flags: int = 0, /) -> None:
         call = f"sendall(fd {self.fileno()}, {memoryview(data).nbytes} bytes)"
-        self._run(call, lambda: super(TracedSocket, self).sendall(data, flags), _nothing)
+        self._run(
+            call, lambda: super(TracedSocket, self).sendall(data, flags), _nothing, sends=True
+        )
 
     def sendmsg(self, *args: Any) -> int:
         size = sum(memoryview(buffer).nbytes for buffer in args[0])
@@ -389,6 +503,7 @@ class TracedSocket(socket.socket):
             f"sendmsg(fd {self.fileno()}, {size} bytes)",
             lambda: super(TracedSocket, self).sendmsg(*args),
             lambda sent: _sent(sent, size),
+            sends=True,
         )
 
     def shutdown(self, how: int, /) -> None:
@@ -396,10 +511,11 @@ class TracedSocket(socket.socket):
         self._run(call, lambda: super(TracedSocket, self).shutdown(how), _nothing)
 
     def close(self) -> None:
-        fd = self.fileno()
-        super().close()
-        if fd != -1 and self.fileno() == -1:  # really closed (not a second close, no makefile)
-            self.tracer.returned(f"close(fd {fd})")
+        with self.tracer.atomic():  # no SO_LINGER timeout is ever set: close() does not wait
+            fd = self.fileno()
+            super().close()
+            if fd != -1 and self.fileno() == -1:  # really closed (not a second, no makefile)
+                self.tracer.returned(f"close(fd {fd})")
 
 
 def _nothing(_: object) -> None:
@@ -467,19 +583,25 @@ def traced_select(tracer: Tracer) -> SelectFunction:
     ) -> tuple[list[socket.socket], list[socket.socket], list[socket.socket]]:
         shown_timeout = "None" if timeout is None else f"{timeout:.2f}"
         call = f"select({_fds(readers)}, {_fds(writers)}, {_fds(errors)}, {shown_timeout})"
-        if timeout is None or timeout > 0:
+        waits = timeout is None or timeout > 0
+        if waits:
             tracer.waiting(call, "blocks: waits until a socket in the lists is ready")
-        try:
-            readable, writable, failed = select.select(readers, writers, errors, timeout)
-        except OSError as exc:
-            tracer.failed(call, exc)
-            raise
-        parts = [
-            f"{name} {_fds(ready)}"
-            for name, ready in (("readable", readable), ("writable", writable), ("error", failed))
-            if ready
-        ]
-        tracer.returned(call, ", ".join(parts) or "nothing ready (timeout)")
+        with tracer.blocked() if waits else tracer.atomic():
+            try:
+                readable, writable, failed = select.select(readers, writers, errors, timeout)
+            except OSError as exc:
+                tracer.failed(call, exc)
+                raise
+            parts = [
+                f"{name} {_fds(ready)}"
+                for name, ready in (
+                    ("readable", readable),
+                    ("writable", writable),
+                    ("error", failed),
+                )
+                if ready
+            ]
+            tracer.returned(call, ", ".join(parts) or "nothing ready (timeout)")
         return readable, writable, failed
 
     return traced
@@ -507,6 +629,10 @@ class TracedSelector(selectors.BaseSelector):
         )
         fileno = getattr(self.selector, "fileno", None)
         self._fd: int | None = fileno() if fileno is not None else None
+        # Zero-timeout waits that found nothing, not yet reported: asyncio polls like this
+        # whenever callbacks are ready, several times per echo; a line each would drown
+        # the calls that matter.
+        self._folded_polls = 0
         if self._fd is not None:
             self.tracer.returned(f"{create}()", f"fd {self._fd}")
 
@@ -515,30 +641,56 @@ class TracedSelector(selectors.BaseSelector):
         self.tracer.returned(f"{self._ctl_call}({op}, fd {fd_of(fileobj)}{shown})")
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        key = self.selector.register(fileobj, events, data)
-        self._ctl("ADD", fileobj, events)
+        with self.tracer.atomic():
+            key = self.selector.register(fileobj, events, data)
+            self._ctl("ADD", fileobj, events)
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
         fd = fd_of(fileobj)  # before: a closed socket has no descriptor any more
-        key = self.selector.unregister(fileobj)
-        self._ctl("DEL", fd, None)
+        with self.tracer.atomic():
+            key = self.selector.unregister(fileobj)
+            self._ctl("DEL", fd, None)
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        key = self.selector.modify(fileobj, events, data)
-        self._ctl("MOD", fileobj, events)
+        with self.tracer.atomic():
+            key = self.selector.modify(fileobj, events, data)
+            self._ctl("MOD", fileobj, events)
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         call = f"{self._wait_call}({_timeout_text(timeout)})"
-        if timeout is None or timeout > 0:
+        waits = timeout is None or timeout > 0
+        if waits:
+            self._report_folded()
             self.tracer.waiting(call, "blocks: waits until a registered socket is ready")
-        try:
-            ready = self.selector.select(timeout)
-        except OSError as exc:
-            self.tracer.failed(call, exc)
-            raise
+        with self.tracer.blocked() if waits else self.tracer.atomic():
+            try:
+                ready = self.selector.select(timeout)
+            except OSError as exc:
+                self._report_folded()
+                self.tracer.failed(call, exc)
+                raise
+            if not waits and not ready:
+                self._folded_polls += 1
+                return ready
+            self._report_folded()
+            self.tracer.returned(call, self._describe_ready(ready))
+        return ready
+
+    def _report_folded(self) -> None:
+        """One line for the zero-timeout waits that found nothing since the last wait shown."""
+        if self._folded_polls:
+            count, self._folded_polls = self._folded_polls, 0
+            self.tracer.returned(
+                f"{self._wait_call}({_timeout_text(0)})",
+                f"nothing ready, {count} time{'s' if count > 1 else ''} "
+                "(polls that do not wait, folded since the last wait shown)",
+            )
+
+    @staticmethod
+    def _describe_ready(ready: list[tuple[selectors.SelectorKey, int]]) -> str:
         described = [
             f"fd {key.fd} "
             + "+".join(
@@ -551,8 +703,7 @@ class TracedSelector(selectors.BaseSelector):
             )
             for key, events in ready
         ]
-        self.tracer.returned(call, ", ".join(described) or "nothing ready (timeout)")
-        return ready
+        return ", ".join(described) or "nothing ready (timeout)"
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
         return self.selector.get_key(fileobj)
@@ -561,10 +712,12 @@ class TracedSelector(selectors.BaseSelector):
         return self.selector.get_map()
 
     def close(self) -> None:
-        self.selector.close()
-        if self._fd is not None:
-            self.tracer.returned(f"close(fd {self._fd})")
-            self._fd = None
+        with self.tracer.atomic():
+            self._report_folded()
+            self.selector.close()
+            if self._fd is not None:
+                self.tracer.returned(f"close(fd {self._fd})")
+                self._fd = None
 
 
 def traced_calls(tracer: Tracer) -> SocketCalls:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from sockecho import Server, ServerConfig
+from sockecho.servers.base import SocketCalls
 from tests.conftest import (
     CONCURRENT_MODELS,
     WAIT,
@@ -131,6 +134,42 @@ def test_stop_closes_every_socket_it_opened(model: str) -> None:
         sock.sendall(b"x")
         assert recv_exactly(sock, 1) == b"x"
     srv.stop(timeout=WAIT)
+    assert open_fds() - before == set()
+
+
+#: Seconds a SlowClosingSocket's close() takes: longer than a stop takes to return.
+SLOW_CLOSE = 0.3
+
+
+class SlowClosingSocket(socket.socket):
+    """A socket whose close() is slow, as on a loaded machine, and whose accept() returns
+    its own kind: it widens any window in which a stop could return before a connection's
+    socket is really closed (the threading model once forgot a socket, then closed it)."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        fd, addr = self._accept()  # type: ignore[attr-defined]
+        conn = SlowClosingSocket(self.family, self.type, self.proto, fileno=fd)
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            conn.setblocking(True)
+        return conn, addr
+
+    def close(self) -> None:
+        if self.fileno() >= 0:
+            time.sleep(SLOW_CLOSE)  # the slowness under test, not synchronisation
+        super().close()
+
+
+def test_stop_returns_only_after_a_slowly_closing_connection_socket_is_closed(
+    model: str,
+) -> None:
+    before = open_fds()
+    calls = SocketCalls(socket_class=SlowClosingSocket)
+    srv = Server(ServerConfig(model=model, port=0, drain_timeout=WAIT), calls=calls)
+    srv.start()
+    with connect(srv.address) as sock:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"
+    srv.stop(timeout=WAIT)  # the client has gone: the drain ends when its socket is closed
     assert open_fds() - before == set()
 
 

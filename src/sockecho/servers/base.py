@@ -21,6 +21,14 @@ style and calls :meth:`EchoServer.echo_datagrams` (or, with a transport,
 :meth:`EchoServer.should_echo_datagram` and :meth:`EchoServer.datagram_echoed`)
 when one is readable. :meth:`EchoServer.close_listeners` closes them with the
 listeners when a stop begins.
+
+TLS (``--tls-cert``/``--tls-key``): ``tls_context`` is built once (by
+:mod:`sockecho.tls`). :class:`BlockingModel` wraps each accepted socket and runs
+the handshake under one deadline; :class:`NonBlockingModel` drives a
+non-blocking handshake from the loop (``SSLWantReadError`` /
+``SSLWantWriteError``) and reads what the SSL object still holds (``pending()``),
+which no readiness event announces. A failed or timed-out handshake is counted
+in ``tls_handshake_failures`` and ends that connection only.
 """
 
 from __future__ import annotations
@@ -32,13 +40,14 @@ import logging
 import select
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sockecho import net
+from sockecho import net, tls
 from sockecho.config import ServerConfig
 from sockecho.core import (
     ConnectionGate,
@@ -87,7 +96,7 @@ class SocketCalls:
 
 
 class Waker:
-    """A socketpair that wakes a thread blocked in select()/accept() from another thread."""
+    """A socketpair that wakes a thread blocked in a readiness wait from another thread."""
 
     def __init__(self) -> None:
         self.reader, self._writer = socket.socketpair()
@@ -131,6 +140,7 @@ class EchoServer(abc.ABC):
         self.listeners: list[socket.socket] = []
         self.datagram_sockets: list[socket.socket] = []
         self.datagram_policy = DatagramPolicy(config)
+        self.tls_context = tls.server_context(config)
         self.stopping = False
         self.graceful = True
         self._rejections = RateLimitedNotice()
@@ -163,7 +173,8 @@ class EchoServer(abc.ABC):
                 self.close_listeners()
                 if self.config.port or attempt == PORT_ATTEMPTS - 1:
                     raise  # a port the user chose: tell them; a picked one: try another
-        return [net.endpoint_url("tcp", sock) for sock in self.listeners] + [
+        scheme = "tls" if self.tls_context is not None else "tcp"
+        return [net.endpoint_url(scheme, sock) for sock in self.listeners] + [
             net.endpoint_url("udp", sock) for sock in self.datagram_sockets
         ]
 
@@ -243,7 +254,8 @@ class EchoServer(abc.ABC):
             return
         session.close()
         self.gate.release(session.source)
-        unexpected = error is not None and not isinstance(error, PEER_GONE)
+        # A client that speaks something other than TLS to a TLS port is its own problem.
+        unexpected = error is not None and not isinstance(error, (*PEER_GONE, ssl.SSLError))
         self.stats.closed(session, error=error is not None, idle=idle)
         why = " (idle timeout)" if idle else ""
         if error is not None:
@@ -325,6 +337,8 @@ class EchoServer(abc.ABC):
 
 def describe_error(exc: BaseException) -> str:
     """``ConnectionResetError [ECONNRESET]``-style text for logs and traces."""
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return f"{type(exc).__name__} [{tls.describe_ssl_error(exc)}]"
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"{type(exc).__name__} [{errno.errorcode.get(exc.errno, exc.errno)}]"
     return type(exc).__name__
@@ -333,11 +347,14 @@ def describe_error(exc: BaseException) -> str:
 class BlockingModel(EchoServer):
     """Shared plumbing of the blocking models (``iterative``, ``threading``).
 
-    They wait for a client with ``select`` over the listening sockets and a
-    :class:`Waker` (so a stop request and several listening addresses work),
-    then call the blocking ``accept()``. Open connection sockets are tracked so
-    that a stop can shut down the ones still open when the drain time is over,
-    which wakes whatever thread is blocked in their ``recv()``.
+    They wait for a client in a selector over the listening sockets and a
+    :class:`Waker` (so a stop request can wake them, and several listening
+    addresses are watched at once), then call ``accept()`` on the ready
+    listener, which is non-blocking (a client that left meanwhile costs an
+    ``EAGAIN``, not a stall). The accepted socket is made blocking: serving a
+    client is plain blocking ``recv()``/``sendall()``. Open connection sockets
+    are tracked so that a stop can shut down the ones still open when the drain
+    time is over, which wakes whatever thread is blocked in their ``recv()``.
     """
 
     #: Echo UDP datagrams in :meth:`next_client` while waiting for a client (iterative);
@@ -378,6 +395,7 @@ class BlockingModel(EchoServer):
                 max(0.0, deadline - time.monotonic()), self._shutdown_open
             )
             self._expiry.daemon = True
+            self._expiry.name = "sockecho-drain-timer"  # as --trace names it
             self._expiry.start()
 
     def abandon(self) -> None:
@@ -389,7 +407,10 @@ class BlockingModel(EchoServer):
             self._drain_over = True
             for conn in self._open:
                 with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
+                    # Wakes the blocked recv()/sendall(). The plain socket's shutdown, even
+                    # under TLS: SSLSocket.shutdown() would drop the SSL state under the
+                    # feet of the thread using it.
+                    socket.socket.shutdown(conn, socket.SHUT_RDWR)
 
     def next_client(self) -> tuple[socket.socket, net.SockAddr] | None:
         """Wait for a connection and accept it; None when stopping.
@@ -442,9 +463,22 @@ class BlockingModel(EchoServer):
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
 
-    def untrack(self, conn: socket.socket) -> None:
+    def retrack(self, old: socket.socket, new: socket.socket) -> None:
+        """``new`` replaces tracked ``old`` (TLS wraps the accepted socket in a new object)."""
+        with self._open_changed:
+            self._open.discard(old)
+            self._open.add(new)
+
+    def close_tracked(self, conn: socket.socket) -> None:
+        """Close a connection's socket and stop tracking it, in one step under the lock.
+
+        Closing first means :meth:`wait_closed` (and so ``serve()``) returns only once
+        every connection socket is really closed; holding the lock means the drain's
+        ``shutdown()`` never reaches a descriptor number that is being closed and reused.
+        """
         with self._open_changed:
             self._open.discard(conn)
+            conn.close()
             self._open_changed.notify_all()
 
     def wait_closed(self) -> None:
@@ -467,9 +501,15 @@ class BlockingModel(EchoServer):
         error: BaseException | None = None
         idle = False
         self.track(conn)
-        self._sessions[conn] = session
         try:
-            if not self.idle_by_sweep:
+            if self.tls_context is not None:
+                conn, error = self.tls_accept(conn)
+                if error is not None:
+                    return
+            if self.idle_by_sweep:  # the socket that echoes (after TLS) is the one swept
+                self._sessions[conn] = session
+                conn.settimeout(None)
+            else:
                 conn.settimeout(self.config.idle_timeout or None)
             while True:
                 data = conn.recv(self.config.read_size)
@@ -482,9 +522,8 @@ class BlockingModel(EchoServer):
         except OSError as exc:  # reset, broken pipe, shut down by a stop: this client only
             error = exc
         finally:
-            self.untrack(conn)
-            conn.close()
-            del self._sessions[conn]
+            self.close_tracked(conn)
+            self._sessions.pop(conn, None)
             if conn in self._idle_closed:  # the sweep's shutdown ended the recv()/sendall()
                 self._idle_closed.discard(conn)
                 idle, error = True, None
@@ -492,7 +531,7 @@ class BlockingModel(EchoServer):
 
     def sweep_idle_connections(self) -> None:
         """Shut down every connection idle past the limit; its thread then ends as an idle
-        close. Under the lock that untracking takes, so a socket is never used once closed."""
+        close. Under the lock :meth:`close_tracked` takes, so a closed socket is never touched."""
         now = time.monotonic()
         with self._open_changed:
             for conn in self._open:
@@ -502,14 +541,54 @@ class BlockingModel(EchoServer):
                     with contextlib.suppress(OSError):
                         conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
 
+    def tls_accept(self, conn: socket.socket) -> tuple[socket.socket, OSError | None]:
+        """Wrap accepted ``conn`` in TLS and complete the handshake: (the socket to use, the
+        error that ended the handshake or None).
+
+        The timeout is a deadline for the whole handshake, not for each read in it, so a
+        client sending its ClientHello a byte at a time gets no longer than a silent one.
+        """
+        assert self.tls_context is not None
+        conn.settimeout(self.config.tls_handshake_timeout)
+        try:
+            tls_conn = self.tls_context.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            )
+        except OSError as exc:
+            self.stats.tls_handshake_failed()
+            return conn, exc
+        self.retrack(conn, tls_conn)
+        try:
+            tls_conn.do_handshake()
+        except OSError as exc:  # garbage instead of a ClientHello, a reset, the deadline
+            self.stats.tls_handshake_failed()
+            return tls_conn, exc
+        return tls_conn, None
+
 
 #: Seconds between idle sweeps of the event-loop models (idle closes are this late at most).
 IDLE_SWEEP_INTERVAL = 1.0
+#: What a non-blocking recv()/send() raises when it must wait: for plain sockets
+#: BlockingIOError; under TLS, the SSL object may need to read or to write first.
+TRY_AGAIN = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-def sweep_interval(idle_timeout: float) -> float:
-    """How often an event loop checks for idle connections (seconds)."""
-    return min(IDLE_SWEEP_INTERVAL, idle_timeout / 4) if idle_timeout else IDLE_SWEEP_INTERVAL
+def sweep_interval(idle_timeout: float, *timeouts: float) -> float:
+    """How often an event loop checks for idle connections (and other ``timeouts``), seconds."""
+    return min([IDLE_SWEEP_INTERVAL, *(t / 4 for t in (idle_timeout, *timeouts) if t)])
+
+
+def tls_buffered(conn: socket.socket) -> bool:
+    """Whether the SSL object holds decrypted bytes not read yet (no readiness announces them)."""
+    return isinstance(conn, ssl.SSLSocket) and conn.pending() > 0
+
+
+@dataclass(slots=True)
+class PendingHandshake:
+    """A TLS connection of a readiness model that has not finished its handshake."""
+
+    deadline: float  # monotonic time at which it is closed if still handshaking
+    wants_write: bool = False  # the SSL object waits to write (else to read)
 
 
 class NonBlockingModel(EchoServer):
@@ -525,6 +604,8 @@ class NonBlockingModel(EchoServer):
         super().__init__(config, calls)
         self._waker = Waker()
         self.sessions: dict[socket.socket, EchoSession] = {}
+        #: TLS connections still handshaking (they have a session, but echo nothing yet)
+        self.handshakes: dict[socket.socket, PendingHandshake] = {}
         #: monotonic time before which listeners are not watched (after EMFILE and friends)
         self.accept_paused_until = 0.0
 
@@ -552,17 +633,59 @@ class NonBlockingModel(EchoServer):
                 conn.close()
                 continue
             session = self.admit_socket(conn, addr)
-            if session is not None:
-                conn.setblocking(False)
+            if session is None:
+                continue
+            conn.setblocking(False)
+            if self.tls_context is None:
                 self.sessions[conn] = session
                 self.watch_or_drop(conn, session)
+                continue
+            try:
+                conn = self.tls_context.wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )
+            except OSError as exc:
+                self.stats.tls_handshake_failed()
+                conn.close()
+                self.release(session, exc)
+                continue
+            self.sessions[conn] = session
+            deadline = time.monotonic() + self.config.tls_handshake_timeout
+            self.handshakes[conn] = PendingHandshake(deadline)
+            self.continue_handshake(conn, session)
 
     def can_watch(self, conn: socket.socket) -> bool:
         """Whether this loop can wait on ``conn`` (the select model says no at FD_SETSIZE)."""
         return True
 
     def watch(self, conn: socket.socket, session: EchoSession) -> None:
-        """Start (or update) waiting on ``conn`` for what ``session`` wants. Default: nothing."""
+        """Start (or update) waiting on ``conn`` for its :meth:`interest`. Default: nothing."""
+
+    def interest(self, conn: socket.socket, session: EchoSession) -> tuple[bool, bool]:
+        """(wait to read, wait to write) for ``conn``: what its session, or its TLS
+        handshake, is waiting for."""
+        handshake = self.handshakes.get(conn)
+        if handshake is not None:
+            return not handshake.wants_write, handshake.wants_write
+        return session.wants_read, session.wants_write
+
+    def continue_handshake(self, conn: socket.socket, session: EchoSession) -> None:
+        """Take the TLS handshake of ``conn`` one step further, as far as the socket allows."""
+        assert isinstance(conn, ssl.SSLSocket)
+        handshake = self.handshakes[conn]
+        try:
+            conn.do_handshake()
+        except ssl.SSLWantReadError:
+            handshake.wants_write = False
+        except ssl.SSLWantWriteError:
+            handshake.wants_write = True
+        except OSError as exc:  # garbage instead of a ClientHello, a reset...
+            self.stats.tls_handshake_failed()
+            self.drop(conn, session, exc)
+            return
+        else:
+            del self.handshakes[conn]
+        self.watch_or_drop(conn, session)  # echo interest now, or the handshake's next step
 
     def forget(self, conn: socket.socket) -> None:
         """Stop waiting on connection ``conn`` (before it is closed). Default: nothing."""
@@ -578,46 +701,62 @@ class NonBlockingModel(EchoServer):
 
         The common case, nothing pending, sends straight from the received bytes:
         no copy into the session and no change of interest, so an echo costs one
-        recv() and one send() (and its share of the readiness wait).
+        recv() and one send() (and its share of the readiness wait). Under TLS,
+        bytes the SSL object still holds decrypted are read on (while the session
+        wants more): the kernel has no readiness to report for them.
         """
-        try:
-            data = conn.recv(self.config.read_size)
-        except BlockingIOError:
+        if conn in self.handshakes:
+            self.continue_handshake(conn, session)
             return
-        except OSError as exc:
-            self.drop(conn, session, exc)
-            return
-        if data and not session.wants_write:
+        while True:
             try:
-                sent = conn.send(data)
-            except BlockingIOError:
-                sent = 0
+                data = conn.recv(self.config.read_size)
+            except TRY_AGAIN:
+                return  # (earlier passes of this loop left nothing pending)
             except OSError as exc:
                 self.drop(conn, session, exc)
                 return
-            session.echoed(sent)
-            if sent == len(data):
-                return
-            data = data[sent:]  # the kernel took part: the session keeps the rest
+            if data and not session.wants_write:
+                try:
+                    sent = conn.send(data)
+                except TRY_AGAIN:
+                    sent = 0  # (TLS retries the same bytes, now first in the session's buffer)
+                except OSError as exc:
+                    self.drop(conn, session, exc)
+                    return
+                session.echoed(sent)
+                if sent == len(data):
+                    if session.wants_read and tls_buffered(conn):
+                        continue
+                    return
+                data = data[sent:]  # the kernel took part: the session keeps the rest
+            break
         if data:
             session.data_received(data)
-        else:  # b'': the client shut down its sending side
+        else:  # b'': the client shut down its sending side (under TLS: or closed it)
             session.eof_received()
         self.on_writable(conn, session)
 
     def on_writable(self, conn: socket.socket, session: EchoSession) -> None:
         """send() pending echo until the kernel's buffer is full; a partial send keeps the rest."""
+        if conn in self.handshakes:
+            self.continue_handshake(conn, session)
+            return
         try:
             while session.wants_write:
                 sent = conn.send(session.data_to_send())
                 session.data_sent(sent)
-        except BlockingIOError:
-            pass  # the client is not reading fast enough: wait until writable again
+        except TRY_AGAIN:
+            # The client is not reading fast enough: wait until writable again. (With
+            # renegotiation refused, a TLS send never has to wait for a read.)
+            pass
         except OSError as exc:
             self.drop(conn, session, exc)
             return
         if session.finished:
             self.drop(conn, session)
+        elif session.wants_read and tls_buffered(conn):
+            self.on_readable(conn, session)  # reading resumed below low water: catch up
         else:
             self.watch_or_drop(conn, session)
 
@@ -640,6 +779,7 @@ class NonBlockingModel(EchoServer):
         """Close one connection and account for it."""
         self.forget(conn)
         del self.sessions[conn]
+        self.handshakes.pop(conn, None)
         conn.close()
         self.release(session, error, idle=idle)
 
@@ -649,6 +789,11 @@ class NonBlockingModel(EchoServer):
 
     def sweep_idle(self) -> None:
         now = time.monotonic()
+        for conn, handshake in list(self.handshakes.items()):
+            if now >= handshake.deadline:
+                self.stats.tls_handshake_failed()
+                timeout = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
+                self.drop(conn, self.sessions[conn], timeout)
         for conn, session in list(self.sessions.items()):
             if session.is_idle(now, net.kernel_unsent(conn)):
                 self.drop(conn, session, idle=True)
@@ -665,7 +810,9 @@ class NonBlockingModel(EchoServer):
 
         ``wait_once(timeout)`` is the model's own readiness wait and dispatch.
         """
-        interval = sweep_interval(self.config.idle_timeout)
+        interval = sweep_interval(
+            self.config.idle_timeout, self.config.tls_handshake_timeout if self.tls_context else 0
+        )
         next_sweep = time.monotonic() + interval
         drain_until: float | None = None
         try:

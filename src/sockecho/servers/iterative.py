@@ -1,9 +1,18 @@
 """``iterative``: one client at a time - the course's first exercise, done right.
 
 How it waits
-    The thread blocks until a client arrives, accepts it, and serves only that
-    client - ``recv()`` blocks until bytes arrive, ``sendall()`` until they are
-    all handed to the kernel - until the client closes. Then it accepts the next.
+    Between clients the thread waits in a selector (epoll) over the listening
+    sockets and a wake-up socketpair, not in a bare blocking ``accept()``: a
+    stop request must be able to wake it (a byte on the socketpair), and a host
+    name may give several listening addresses (127.0.0.1 and ::1), which one
+    blocking ``accept()`` could not watch together. When a listener is
+    readable, ``accept()`` takes the client from it (the listener is
+    non-blocking, so a client that already left cannot stall the server).
+    Then the serving part is the exercise's: only that client, with blocking
+    calls - ``recv()`` blocks until bytes arrive, ``sendall()`` until they are
+    all handed to the kernel - until it closes. Then back to the wait for the
+    next. ``--trace`` shows it: ``epoll_wait`` → ``accept`` → ``recv`` ...
+    ``sendall`` ... ``recv`` → ``b''`` → ``close``.
 
 What it costs
     Nothing per waiting client but a slot in the kernel's listen backlog
@@ -17,18 +26,30 @@ Where it breaks
     dropped and they wait in connect(). Nothing is lost: clients are served in
     the order they connected.
 
+Stopping
+    A stop shuts the listeners down (``shutdown(SHUT_RD)``) at once, even while
+    a client is being served: a client that connects afterwards is refused
+    (``ECONNREFUSED``), and clients still queued in the backlog are reset
+    (``ECONNRESET``). The client being served gets the drain time to finish.
+
 UDP (``--udp``)
     The UDP socket is watched beside the listeners while the thread waits for
     the next client. While a TCP client is being served, datagrams wait in the
     socket's receive buffer (and are dropped by the kernel when it is full):
     by design, this model does one thing at a time.
 
+TLS (``--tls-cert``)
+    The accepted socket is wrapped and its handshake done before the echo, with
+    one deadline (``--tls-handshake-timeout``): a silent client stalls everyone
+    for that long, at most.
+
 Lifecycle::
 
-    socket() → bind() → listen() → ┌─> accept() ──> recv() ─> sendall() ─┐
-                                    │                 ^                    │ until recv() == b''
-                                    │                 └────────────────────┘
-                                    └───────────────── close(client) <─────┘
+    socket() → bind() → listen() → ┌─> epoll_wait() → accept() ──> recv() ─> sendall() ─┐
+                                    │                                 ^                    │
+                                    │                                 └────────────────────┘
+                                    │                                  until recv() == b''
+                                    └────────────────────────── close(client) <──────────┘
 """
 
 from __future__ import annotations
@@ -38,13 +59,13 @@ from sockecho.servers.base import BlockingModel
 
 class IterativeServer(BlockingModel):
     name = "iterative"
-    summary = "one client at a time: blocking accept(), serve it until it closes, then the next"
+    summary = "one client at a time: wait, accept(), blocking recv()/sendall() until it closes"
     echo_datagrams_while_waiting = True
 
     def serve(self) -> None:
         try:
             while not self.stopping:
-                accepted = self.next_client()  # blocks until a client connects
+                accepted = self.next_client()  # waits until a client connects (or a stop)
                 if accepted is None:
                     break
                 conn, addr = accepted

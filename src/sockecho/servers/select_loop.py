@@ -27,6 +27,13 @@ Partial writes
 UDP (``--udp``)
     The UDP sockets are on the *readers* list too; a readable one has
     datagrams waiting, echoed at once (a datagram is sent whole or not at all).
+
+TLS (``--tls-cert``)
+    The handshake is driven from the loop too: each ``do_handshake()`` step says
+    whether it waits to read or to write, and the socket goes on that list.
+    After it, ``recv()`` may also say "want read/write" (``SSLWantReadError``);
+    and bytes the SSL object already decrypted raise no readiness, so they are
+    read at once (``pending()``). The shared steps live in ``base.NonBlockingModel``.
 """
 
 from __future__ import annotations
@@ -93,8 +100,11 @@ class SelectServer(NonBlockingModel):
             [*self.listeners, self._waker.reader] if self.accepting() else [self._waker.reader]
         )
         readers += self.datagram_sockets
-        readers += [conn for conn, session in self.sessions.items() if session.wants_read]
-        writers = [conn for conn, session in self.sessions.items() if session.wants_write]
+        interests = [
+            (conn, self.interest(conn, session)) for conn, session in self.sessions.items()
+        ]
+        readers += [conn for conn, (read, _write) in interests if read]
+        writers = [conn for conn, (_read, write) in interests if write]
         readable, writable, _ = self.calls.select(readers, writers, [], timeout)
         for sock in readable:
             if sock is self._waker.reader:

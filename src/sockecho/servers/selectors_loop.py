@@ -17,6 +17,10 @@ UDP (``--udp``)
     The UDP sockets are registered for reading once, beside the listeners;
     a ready one has datagrams waiting, echoed at once.
 
+TLS (``--tls-cert``)
+    As in ``select``: the interest of a handshaking connection is what its
+    next ``do_handshake()`` step waits for (``NonBlockingModel.interest``).
+
 What it costs
     One thread; per connection a session object and a registration in the
     kernel (about 1-2 KiB of RSS all told). No ``FD_SETSIZE`` limit.
@@ -54,9 +58,8 @@ class SelectorsServer(NonBlockingModel):
             self._selector.close()
 
     def watch(self, conn: socket.socket, session: EchoSession) -> None:
-        wanted = (selectors.EVENT_READ if session.wants_read else 0) | (
-            selectors.EVENT_WRITE if session.wants_write else 0
-        )
+        read, write = self.interest(conn, session)
+        wanted = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
         current = self._interest.get(conn, 0)
         if wanted == current:
             return

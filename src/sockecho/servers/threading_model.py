@@ -1,9 +1,12 @@
 """``threading``: one thread per connection - the course's second exercise with threads.
 
 How it waits
-    The main thread blocks in ``accept()``; every client gets its own thread,
-    which blocks in ``recv()``/``sendall()`` exactly as in the iterative model.
-    The kernel wakes whichever thread has work.
+    The model thread waits for clients as the iterative model does: in a
+    selector over the listening sockets and a wake-up socketpair (so a stop
+    can wake it), then ``accept()`` on the ready, non-blocking listener. Every
+    client gets its own thread, which blocks in ``recv()``/``sendall()``
+    exactly as in the iterative model. The kernel wakes whichever thread has
+    work.
 
 What it costs
     One thread per connection: a stack (we ask for 256 KiB instead of the 8 MiB
@@ -21,11 +24,15 @@ UDP (``--udp``)
     own wake-up pair for the stop) and echoes datagrams as they come, whatever
     the TCP clients do.
 
+TLS (``--tls-cert``)
+    Each connection thread does its own handshake (under one deadline) before
+    echoing, so a slow handshake stalls nobody else.
+
 Lifecycle::
 
-    main thread:    socket() → bind() → listen() → accept() ─┬─> accept() ─> ...
-                                                             │
-    client thread:                        recv() ⇄ sendall() ┘ ... close()
+    model thread:   socket() → bind() → listen() → epoll_wait() → accept() ─┬─> epoll_wait() ...
+                                                                             │
+    client thread:                                       recv() ⇄ sendall() ┘ ... close()
     udp thread:     select() → recvfrom() → sendto() → select() ...
     idle thread:    every sweep: shutdown() the connections idle past --idle-timeout
 
@@ -97,7 +104,7 @@ class ThreadingServer(BlockingModel):
                 self._datagram_waker.wake()
                 datagram_thread.join()
                 self._datagram_waker.close()
-            self.wait_closed()  # every client thread untracks its socket as it ends
+            self.wait_closed()  # every client thread closes its socket as it ends
             if sweeper is not None:
                 self._sweeps_over.set()
                 sweeper.join()
@@ -135,6 +142,5 @@ class ThreadingServer(BlockingModel):
         try:
             worker.start()
         except RuntimeError as exc:  # "can't start new thread": out of threads or memory
-            self.untrack(conn)
-            conn.close()
+            self.close_tracked(conn)
             self.release(session, exc)
