@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,21 @@ def test_tls_bench_verifies_the_server_certificate(tmp_path: Path) -> None:
 def asyncio_server() -> Iterator[Server]:
     with Server(model="asyncio", port=0) as srv:
         yield srv
+
+
+def test_tls_bench_against_every_sockecho_tls_model(model: str, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    connections = 1 if model == "iterative" else 3
+    tls = {"tls_cert": str(cert_file), "tls_key": str(key_file)}
+    with Server(model=model, port=0, **tls) as srv:
+        spec = short_run(srv.address[1], tls=True, cafile=str(ca_file), requests=150, duration=None)
+        result = run_bench(replace(spec, connections=connections))
+    assert (result.round_trips, result.errors) == (150, {})
 
 
 def test_json_report_follows_the_documented_schema(
