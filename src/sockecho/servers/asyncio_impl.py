@@ -90,7 +90,24 @@ def new_uvloop() -> asyncio.AbstractEventLoop:
 ABORT_GRACE = 1.0
 
 
-class EchoProtocol(asyncio.BufferedProtocol):
+class ReadPausing:
+    """Back-pressure for a protocol: the transport calls ``pause_writing`` when its
+    unsent echo passes the high-water mark; stop reading from that client until
+    ``resume_writing`` (below the low-water mark)."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # the client is not reading: stop reading from it
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
     """One connection: every byte read is written back unchanged."""
 
     __slots__ = ("server", "session", "transport")
@@ -134,20 +151,12 @@ class EchoProtocol(asyncio.BufferedProtocol):
         # RFC 862's half-close is "finish the echo, then close".
         return False
 
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()  # the client is not reading: stop reading from it
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:
             self.server.connection_lost(self, exc)
 
 
-class TLSEchoProtocol(asyncio.Protocol):
+class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
     """One TLS connection: decrypt what arrives, echo it encrypted, on the plain transport."""
 
     def __init__(self, server: AsyncioServer, context: ssl.SSLContext) -> None:
@@ -220,14 +229,6 @@ class TLSEchoProtocol(asyncio.Protocol):
             self.server.stats.tls_handshake_failed()
             self.error = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
             self.transport.abort()
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()  # the client is not reading: stop reading from it
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
