@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sockecho import EchoMismatch, Server, client
-from sockecho.errors import ConnectError, EchoTimeout
+from sockecho.errors import ConnectError, EchoTimeout, OutputError
 from tests.conftest import WAIT
 
 
@@ -230,5 +230,5 @@ class FullDisk(io.RawIOBase):
 
 
 def test_stream_blames_the_output_not_the_server_when_writing_fails(server: Server) -> None:
-    with pytest.raises(client.OutputError, match="cannot write the echo: No space left"):
+    with pytest.raises(OutputError, match="cannot write the echo: No space left"):
         client.stream(io.BytesIO(b"hola"), FullDisk(), *server.address)  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ from sockecho.config import (
     ServerConfig,
 )
 from sockecho.core import StatsSnapshot
-from sockecho.errors import ConfigError, SockechoError
+from sockecho.errors import ConfigError, OutputError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
 
@@ -54,6 +54,9 @@ class ExitCode(enum.IntEnum):
     FAILURE = 1  # a runtime error: address in use, refused, echo mismatch...
     USAGE = 2  # bad arguments (argparse's own code)
 
+
+#: Signals that stop ``serve`` (gracefully; the second one at once).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: The line printed to stderr when a listener is ready; scripts and tests wait for it.
 READY_LINE = "listening on {endpoint}"
@@ -426,25 +429,28 @@ def run_serve(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         events.put(signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
-    for endpoint in server.start():
-        # One write, not print()'s two: the serving thread (its log, --trace) writes to
-        # stderr too, and must not land between the line and its newline. A reader that
-        # went away (``2>&1 | head -3``) takes the output with it, not the server.
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
-            sys.stderr.flush()
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    try:
+        for endpoint in server.start():
+            # One write, not print()'s two: the serving thread (its log, --trace) writes to
+            # stderr too, and must not land between the line and its newline. A reader that
+            # went away (``2>&1 | head -3``) takes the output with it, not the server.
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+                sys.stderr.flush()
 
-    def report_end() -> None:
-        server.stopped.wait()
-        events.put(None)
+        def report_end() -> None:
+            server.stopped.wait()
+            events.put(None)
 
-    threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
-    while (received := events.get()) is not None:  # get() lets the signal handlers run
-        log.info("%s: stopping", signal.Signals(received).name)
-        server.request_stop()  # a second signal makes it stop at once (no drain)
-    server.join()
+        threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
+        while (received := events.get()) is not None:  # get() lets the signal handlers run
+            log.info("%s: stopping", signal.Signals(received).name)
+            server.request_stop()  # a second signal makes it stop at once (no drain)
+        server.join()
+    finally:  # main() is a function: the caller's handlers come back, whatever happened
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     log.info("stopped: %s", summarize(server.snapshot()))
     return ExitCode.OK
 
@@ -504,7 +510,7 @@ def run_send(args: argparse.Namespace) -> int:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise client.OutputError(f"cannot write the echo: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write the echo: {exc.strerror or exc}") from None
     else:
         client.stream(
             sys.stdin.buffer,

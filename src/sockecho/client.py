@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from sockecho.config import DEFAULT_HOST, DEFAULT_PORT
-from sockecho.errors import ClientError, ConnectError, EchoMismatch, EchoTimeout, ResolveError
+from sockecho.errors import (
+    ConnectError,
+    EchoMismatch,
+    EchoTimeout,
+    InputError,
+    OutputError,
+    ResolveError,
+)
 from sockecho.net import format_host_port, resolve, set_nodelay
 from sockecho.tls import DuplexTLS, describe_ssl_error
 
@@ -76,12 +83,17 @@ def handshake_error(
             "pass --tls-ca FILE with the CA that signed it, or --insecure for a test server",
         )
     if isinstance(exc, TimeoutError):
-        return ConnectError(f"timed out in the TLS handshake with {where} after {timeout:g} s")
+        return ConnectError(f"timed out in the TLS handshake with {where}{after(timeout)}")
     if isinstance(exc, ssl.SSLError):
         reason = describe_ssl_error(exc)
     else:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return ConnectError(f"TLS handshake with {where} failed: {reason}", "is it a TLS echo server?")
+
+
+def after(timeout: float | None) -> str:
+    """`` after 10 s``, or nothing when there was no timeout (the kernel gave up)."""
+    return f" after {timeout:g} s" if timeout else ""
 
 
 def connect_tcp(
@@ -97,7 +109,7 @@ def connect_tcp(
             sock.connect(sockaddr)
         except TimeoutError:
             last = ConnectError(
-                f"timed out connecting to {where} after {timeout:g} s", "is the host reachable?"
+                f"timed out connecting to {where}{after(timeout)}", "is the host reachable?"
             )
         except ConnectionRefusedError:
             last = ConnectError(f"connection refused by {where}", "is a server running?")
@@ -126,14 +138,6 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
             break
         chunks += data
     return bytes(chunks)
-
-
-class OutputError(ClientError):
-    """The echo could not be written to the local output (disk full...)."""
-
-
-class InputError(ClientError):
-    """The local input could not be read."""
 
 
 class Channel(Protocol):

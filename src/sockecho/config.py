@@ -134,8 +134,10 @@ class ServerConfig:
                 "TLS needs both a certificate and its private key",
                 "pass --tls-cert FILE and --tls-key FILE together",
             )
-        if not 0 < self.tls_handshake_timeout < math.inf:
-            raise ConfigError("TLS handshake timeout must be a positive number of seconds")
+        if not 0 < self.tls_handshake_timeout <= MAX_SECONDS:
+            raise ConfigError(
+                f"TLS handshake timeout must be more than 0 and at most {MAX_SECONDS:g} seconds"
+            )
         if self.loop not in EVENT_LOOPS:
             raise ConfigError(f"unknown event loop {self.loop!r}", f"use one of {EVENT_LOOPS}")
         if self.loop != "asyncio" and self.model != "asyncio":

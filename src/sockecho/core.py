@@ -96,7 +96,7 @@ class EchoSession:
         self.state = SessionState.OPEN
         self.opened_at = clock()
         self.last_activity = self.opened_at
-        self._activity_mark = (0, 0, 0)
+        self._activity_mark = (0, 0, -1)  # bytes in, bytes out, kernel queue (-1: unread)
 
     # -- bytes in, bytes out --------------------------------------------------------------
 
@@ -162,23 +162,31 @@ class EchoSession:
             self.state is SessionState.DRAINING and self.pending == 0
         )
 
-    def is_idle(self, now: float | None = None, kernel_unsent: int = 0) -> bool:
+    def is_idle(
+        self, now: float | None = None, kernel_unsent: Callable[[], int] | None = None
+    ) -> bool:
         """Whether no byte moved for ``idle_timeout`` seconds (never, when the limit is 0).
 
         Call it from a periodic sweep. It notices traffic by comparing byte
         counters with the last sweep, so the hot path never reads the clock.
-        ``kernel_unsent`` is the socket's send queue in the kernel (see
-        :func:`sockecho.net.kernel_unsent`): a client still draining echo that the
-        kernel holds moves no counter of ours, but is not idle either.
+        ``kernel_unsent`` asks the socket's send queue in the kernel (see
+        :func:`sockecho.net.kernel_unsent`); it is called only when our counters
+        stood still: a client still draining echo that the kernel holds moves none
+        of them, but is not idle either.
         """
         if not self._idle_timeout:
             return False
         now = self._clock() if now is None else now
-        mark = (self.bytes_received, self.bytes_sent, kernel_unsent)
-        if mark != self._activity_mark:
-            self._activity_mark = mark
+        mark = (self.bytes_received, self.bytes_sent)
+        if mark != self._activity_mark[:2]:
+            self._activity_mark = (*mark, -1)
             self.last_activity = now
             return False
+        queued = kernel_unsent() if kernel_unsent is not None else 0
+        previous = self._activity_mark[2]
+        self._activity_mark = (*mark, queued)
+        if previous >= 0 and queued != previous:
+            self.last_activity = now  # the kernel's queue moved since the last sweep
         return now - self.last_activity >= self._idle_timeout
 
     def duration(self) -> float:

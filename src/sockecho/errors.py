@@ -10,7 +10,9 @@
     ├── ClientError               the client could not talk to the server
     │   ├── ConnectError          refused, unreachable, timed out while connecting
     │   ├── EchoTimeout           the server stopped answering
-    │   └── EchoMismatch          the echo came back short or different
+    │   ├── EchoMismatch          the echo came back short or different
+    │   ├── InputError            the local input could not be read
+    │   └── OutputError           the echo could not be written to the local output
     └── ServerFailed              a server model stopped on an unexpected error
 
 Low-level ``OSError`` is translated into this tree only at the boundary (binding,
@@ -62,6 +64,14 @@ class EchoTimeout(ClientError):
 
 class EchoMismatch(ClientError):
     """The echo came back short or different from what was sent."""
+
+
+class InputError(ClientError):
+    """The local input could not be read."""
+
+
+class OutputError(ClientError):
+    """The echo could not be written to the local output (disk full...)."""
 
 
 class ServerFailed(SockechoError):

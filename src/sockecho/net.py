@@ -31,22 +31,20 @@ def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def format_sockaddr(addr: SockAddr | str) -> str:
-    """Printable form of a socket address as returned by accept()/getsockname()."""
-    if isinstance(addr, str):  # AF_UNIX
-        return addr or "unix"
-    host = str(addr[0])
-    if host.startswith("::ffff:") and "." in host:  # an IPv4 client on a dual-stack socket
-        host = host[len("::ffff:") :]
-    return format_host_port(host, int(addr[1]))
-
-
 def source_of(addr: SockAddr | str) -> str:
-    """The peer's host alone (per-source limits key on it)."""
-    if isinstance(addr, str):
+    """The peer's host alone (per-source limits key on it); an IPv4 client on a dual-stack
+    socket (``::ffff:127.0.0.1``) is shown as the IPv4 address it is."""
+    if isinstance(addr, str):  # AF_UNIX
         return addr
     host = str(addr[0])
     return host[len("::ffff:") :] if host.startswith("::ffff:") and "." in host else host
+
+
+def format_sockaddr(addr: SockAddr | str) -> str:
+    """Printable form of a socket address as returned by accept()/getsockname()."""
+    if isinstance(addr, str):
+        return addr or "unix"
+    return format_host_port(source_of(addr), int(addr[1]))
 
 
 def endpoint_url(scheme: str, sock: socket.socket) -> str:

@@ -385,36 +385,36 @@ class AsyncioServer(EchoServer):
         self._all_closed = asyncio.Event()
         if self.stopping:  # asked to stop before the loop existed
             self._stop_requested.set()
-        servers = [
-            # backlog: create_server() calls listen() again, with 100 unless told otherwise.
-            await self._loop.create_server(
-                self._new_protocol, sock=listener, backlog=self.config.backlog
-            )
-            for listener in self.listeners
-        ]
-        datagram_transports = [
-            (
-                await self._loop.create_datagram_endpoint(
-                    functools.partial(EchoDatagramProtocol, self, sock),
-                    sock=sock,
-                )
-            )[0]
-            for sock in self.datagram_sockets
-        ]
-        self.datagram_sockets = []  # the transports own (and close) them now
-        sweeper = asyncio.create_task(self._sweep_idle())
+        servers: list[asyncio.AbstractServer] = []
+        datagram_transports: list[asyncio.DatagramTransport] = []
+        sweeper: asyncio.Task[None] | None = None
         try:
+            for listener in self.listeners:
+                # backlog: create_server() calls listen() again, with 100 unless told otherwise.
+                servers.append(
+                    await self._loop.create_server(
+                        self._new_protocol, sock=listener, backlog=self.config.backlog
+                    )
+                )
+            for sock in self.datagram_sockets:
+                endpoint, _ = await self._loop.create_datagram_endpoint(
+                    functools.partial(EchoDatagramProtocol, self, sock), sock=sock
+                )
+                datagram_transports.append(endpoint)
+            if self.config.idle_timeout:
+                sweeper = asyncio.create_task(self._sweep_idle())
             await self._stop_requested.wait()
         finally:
             for server in servers:
                 server.close()  # stop accepting; open connections go on for the drain
             for transport in datagram_transports:
                 transport.abort()  # unsent echoes are dropped: UDP promises no delivery
-            self.listeners = []
+            self.close_listeners()  # closes what no server or transport took over
             await self._drain()
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
 
     async def _drain(self) -> None:
         assert self._all_closed is not None
@@ -437,7 +437,9 @@ class AsyncioServer(EchoServer):
             now = time.monotonic()
             for protocol, session in list(self._protocols.items()):
                 transport = protocol.transport
-                unsent = net.kernel_unsent(transport.get_extra_info("socket")) if transport else 0
-                if session.is_idle(now, unsent) and protocol.transport is not None:
+                if transport is None:
+                    continue
+                queue = functools.partial(net.kernel_unsent, transport.get_extra_info("socket"))
+                if session.is_idle(now, queue):
                     self._idle_closed.add(protocol)
-                    protocol.transport.abort()
+                    transport.abort()

@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 from sockecho import net, tls
@@ -56,6 +57,7 @@ from sockecho.core import (
     EchoSession,
     RateLimitedNotice,
     ServerStats,
+    SessionState,
 )
 from sockecho.errors import BindError
 
@@ -250,7 +252,7 @@ class EchoServer(abc.ABC):
         self, session: EchoSession, error: BaseException | None = None, *, idle: bool = False
     ) -> None:
         """Account for a connection the model has just closed."""
-        if session.state.name == "CLOSED":
+        if session.state is SessionState.CLOSED:
             return
         session.close()
         self.gate.release(session.source)
@@ -536,7 +538,7 @@ class BlockingModel(EchoServer):
         with self._open_changed:
             for conn in self._open:
                 session = self._sessions.get(conn)
-                if session is not None and session.is_idle(now, net.kernel_unsent(conn)):
+                if session is not None and session.is_idle(now, partial(net.kernel_unsent, conn)):
                     self._idle_closed.add(conn)
                     with contextlib.suppress(OSError):
                         conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
@@ -795,7 +797,7 @@ class NonBlockingModel(EchoServer):
                 timeout = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
                 self.drop(conn, self.sessions[conn], timeout)
         for conn, session in list(self.sessions.items()):
-            if session.is_idle(now, net.kernel_unsent(conn)):
+            if session.is_idle(now, partial(net.kernel_unsent, conn)):
                 self.drop(conn, session, idle=True)
 
     def next_timeout(self, next_sweep: float, drain_until: float | None) -> float:
