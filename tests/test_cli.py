@@ -342,3 +342,9 @@ def test_stop_summary_counts_served_refused_and_dropped() -> None:
         "1 connection served, 2 bytes echoed, 3 connections refused, "
         "1 datagram echoed, 4 datagrams dropped"
     )
+
+
+def test_serve_gives_the_callers_signal_handlers_back() -> None:
+    before = {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS}
+    assert cli.main(["serve", "--host", "no-such-host.invalid", "--port", "0"]) == 1
+    assert {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS} == before

@@ -232,3 +232,15 @@ class FullDisk(io.RawIOBase):
 def test_stream_blames_the_output_not_the_server_when_writing_fails(server: Server) -> None:
     with pytest.raises(OutputError, match="cannot write the echo: No space left"):
         client.stream(io.BytesIO(b"hola"), FullDisk(), *server.address)  # type: ignore[arg-type]
+
+
+class KernelGivesUp(socket.socket):
+    """A socket whose connect() times out in the kernel (ETIMEDOUT), with no timeout set."""
+
+    def connect(self, address: Any) -> None:
+        raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+
+
+def test_a_kernel_timeout_without_a_timeout_of_ours_is_one_line() -> None:
+    with pytest.raises(ConnectError, match=r"^timed out connecting to 127\.0\.0\.1:9 \(is the"):
+        client.connect("127.0.0.1", 9, timeout=None, socket_class=KernelGivesUp)
