@@ -156,14 +156,13 @@ def build_references() -> None:
 
 def servers(models: list[str]) -> list[ServerProcess]:
     python = sys.executable
-    chosen = [
-        ServerProcess(
-            f"sockecho {model}",
-            [python, "-m", "sockecho", "serve", "--model", model, "--port", "0", "-q"],
-            "sockecho",
-        )
-        for model in models
-    ]
+    chosen = []
+    for model in models:  # "asyncio+uvloop": the asyncio model with --loop uvloop
+        name, _, loop = model.partition("+")
+        argv = [python, "-m", "sockecho", "serve", "--model", name, "--port", "0", "-q"]
+        if loop:
+            argv += ["--loop", loop]
+        chosen.append(ServerProcess(f"sockecho {model}", argv, "sockecho"))
     chosen.append(ServerProcess("C epoll", [str(BUILD / "echo_server"), "0"], "reference"))
     refs = str(REFERENCE / "python_servers.py")
     chosen.append(ServerProcess("ThreadingTCPServer", [python, refs, "threading"], "reference"))
@@ -394,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, help="interleaved repetitions (3)")
     parser.add_argument("--duration", type=float, help="seconds per measured run (2)")
     parser.add_argument("--warmup", type=float, help="seconds of unmeasured warm-up per run (0.5)")
-    parser.add_argument("--models", default="threading,select,selectors,asyncio")
+    parser.add_argument(
+        "--models",
+        default="threading,select,selectors,asyncio,asyncio+uvloop",
+        help="comma-separated; MODEL+uvloop runs it with --loop uvloop",
+    )
     parser.add_argument(
         "--scenarios", default=",".join(s.name for s in SCENARIOS), help="comma-separated"
     )

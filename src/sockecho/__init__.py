@@ -29,6 +29,7 @@ from sockecho.errors import (
     ResolveError,
     ServerFailed,
     SockechoError,
+    TLSSetupError,
 )
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
@@ -51,6 +52,7 @@ __all__ = [
     "SockechoError",
     "StatsSnapshot",
     "StreamResult",
+    "TLSSetupError",
     "__version__",
     "connect",
     "echo",

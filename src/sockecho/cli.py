@@ -33,6 +33,7 @@ from sockecho.config import (
     DEFAULT_PORT,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     DEFAULT_UDP_RATE,
+    EVENT_LOOPS,
     MAX_BACKLOG,
     MAX_SECONDS,
     UDP_BURST_SECONDS,
@@ -200,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGINT or SIGTERM, let open connections finish for this long "
         f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=EVENT_LOOPS,
+        default="asyncio",
+        help="event loop of the asyncio model: uvloop needs the sockecho[uvloop] extra and "
+        "cannot be traced (default: asyncio)",
     )
     add_trace_argument(serve)
     add_udp_arguments(serve)
@@ -400,7 +408,10 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
+            loop=args.loop,
         )
+        if args.trace and config.loop != "asyncio":
+            raise ConfigError(f"--trace cannot narrate --loop {config.loop}", "drop one of them")
         tracer = tracer_for(args, "server")
         server = Server(config, calls=tracer.socket_calls() if tracer else None)
     except ConfigError as exc:

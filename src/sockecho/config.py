@@ -54,6 +54,11 @@ UDP_LOWEST_REPLY_PORT = 1024
 DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
+#: Event loops the asyncio model can run on. "uvloop" (libuv, in C) needs the
+#: ``sockecho[uvloop]`` extra; the default install meets its targets without it.
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything a server model needs to know; immutable once built.
@@ -61,6 +66,8 @@ class ServerConfig:
     ``port=0`` asks the kernel for a free port (read it back from
     :attr:`sockecho.Server.address`). ``idle_timeout=0`` disables the idle limit.
     ``max_per_source=0`` disables the per-source-address limit.
+
+    ``loop="uvloop"`` runs the asyncio model on uvloop (the ``uvloop`` extra).
 
     ``udp=True`` also serves UDP echo on the same port number. ``udp_rate`` is
     replies per second per source address (0 disables the limit);
@@ -91,6 +98,7 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
+    loop: str = "asyncio"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -128,6 +136,12 @@ class ServerConfig:
             )
         if not 0 < self.tls_handshake_timeout < math.inf:
             raise ConfigError("TLS handshake timeout must be a positive number of seconds")
+        if self.loop not in EVENT_LOOPS:
+            raise ConfigError(f"unknown event loop {self.loop!r}", f"use one of {EVENT_LOOPS}")
+        if self.loop != "asyncio" and self.model != "asyncio":
+            raise ConfigError(
+                f"--loop {self.loop} applies to the asyncio model only", "add --model asyncio"
+            )
 
     def replace(self, **changes: object) -> ServerConfig:
         """Return a copy with ``changes`` applied (validated again)."""

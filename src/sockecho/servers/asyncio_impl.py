@@ -60,6 +60,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import importlib.util
 import socket
 import ssl
 import time
@@ -68,6 +69,7 @@ from typing import Any, cast
 from sockecho import net
 from sockecho.config import ServerConfig
 from sockecho.core import EchoSession
+from sockecho.errors import ConfigError
 from sockecho.servers.base import (
     ACCEPT_CAPACITY_ERRNOS,
     EchoServer,
@@ -75,11 +77,37 @@ from sockecho.servers.base import (
     sweep_interval,
 )
 
+
+def new_uvloop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop (the ``uvloop`` extra)."""
+    import uvloop  # noqa: PLC0415 - optional (checked in AsyncioServer), loaded only when asked
+
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 #: Seconds to wait for aborted connections' callbacks (they run within a loop pass or two).
 ABORT_GRACE = 1.0
 
 
-class EchoProtocol(asyncio.BufferedProtocol):
+class ReadPausing:
+    """Back-pressure for a protocol: the transport calls ``pause_writing`` when its
+    unsent echo passes the high-water mark; stop reading from that client until
+    ``resume_writing`` (below the low-water mark)."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # the client is not reading: stop reading from it
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
     """One connection: every byte read is written back unchanged."""
 
     __slots__ = ("server", "session", "transport")
@@ -90,7 +118,7 @@ class EchoProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
         if self.session is not None:
@@ -123,20 +151,12 @@ class EchoProtocol(asyncio.BufferedProtocol):
         # RFC 862's half-close is "finish the echo, then close".
         return False
 
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()  # the client is not reading: stop reading from it
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:
             self.server.connection_lost(self, exc)
 
 
-class TLSEchoProtocol(asyncio.Protocol):
+class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
     """One TLS connection: decrypt what arrives, echo it encrypted, on the plain transport."""
 
     def __init__(self, server: AsyncioServer, context: ssl.SSLContext) -> None:
@@ -152,7 +172,7 @@ class TLSEchoProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
         if self.session is not None:
@@ -209,14 +229,6 @@ class TLSEchoProtocol(asyncio.Protocol):
             self.server.stats.tls_handshake_failed()
             self.error = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
             self.transport.abort()
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()  # the client is not reading: stop reading from it
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
@@ -276,6 +288,10 @@ class AsyncioServer(EchoServer):
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
+        if config.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ConfigError(
+                "--loop uvloop needs the uvloop package", "pip install 'sockecho[uvloop]'"
+            )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
         self._all_closed: asyncio.Event | None = None
@@ -338,7 +354,11 @@ class AsyncioServer(EchoServer):
             runner.run(self._main())
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
-        """A selector event loop on the model's selector (an instrumented one under --trace)."""
+        """A selector event loop on the model's selector (an instrumented one under --trace),
+        or a uvloop loop with ``--loop uvloop`` (libuv makes its own system calls: it has
+        no selector to instrument, so --trace cannot be combined with it)."""
+        if self.config.loop == "uvloop":
+            return new_uvloop()
         return asyncio.SelectorEventLoop(self.calls.new_selector())
 
     def wake(self) -> None:
