@@ -175,7 +175,9 @@ def test_trace_narrates_the_whole_server_lifecycle_in_order(
             "epoll_wait() reporting the connection readable",
         )
     else:  # blocking models: the recv itself waits, and says so first
-        script.expect(lambda c: c.name == "settimeout" and c.args == f"fd {conn}, 300.0", "idle")
+        # iterative: the idle limit is a socket timeout; threading: a sweeping thread instead
+        limit = "300.0" if model == "iterative" else "None"
+        script.expect(lambda c: c.name == "settimeout" and c.args == f"fd {conn}, {limit}", "idle")
         # (threading: the serving thread's next epoll_wait may be announced first)
         waiting = [c for c in calls[script.position :] if c.waiting and c.name != "epoll_wait"]
         assert waiting[0].name == "recv"

@@ -102,7 +102,9 @@ def add_parser(commands: Any) -> None:
     )
     bench.add_argument("--udp", action="store_true", help="UDP datagrams: measures loss too")
     bench.add_argument("--tls", action="store_true", help="TLS over TCP (verifies the server)")
-    bench.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in FILE")
+    bench.add_argument(
+        "--tls-ca", dest="cafile", metavar="FILE", help="trust the CA certificates in FILE"
+    )
     bench.add_argument(
         "--insecure", action="store_true", help="TLS without verifying the certificate"
     )

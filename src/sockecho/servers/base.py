@@ -360,6 +360,11 @@ class BlockingModel(EchoServer):
     #: Echo UDP datagrams in :meth:`next_client` while waiting for a client (iterative);
     #: otherwise the model serves its UDP sockets elsewhere (threading: their own thread).
     echo_datagrams_while_waiting: ClassVar[bool] = False
+    #: Enforce the idle limit by calling :meth:`sweep_idle_connections` from a thread of the
+    #: model's own (threading) instead of with a socket timeout (iterative). CPython
+    #: implements a socket timeout as a poll() before every recv() and send(): two more
+    #: system calls and GIL hand-offs per echo (docs/PERFORMANCE.md).
+    idle_by_sweep: ClassVar[bool] = False
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
@@ -368,6 +373,8 @@ class BlockingModel(EchoServer):
         # exactly when they may have run out (EMFILE), and would come and go under fd counts.
         self._waiting: selectors.BaseSelector | None = None
         self._open: set[socket.socket] = set()
+        self._sessions: dict[socket.socket, EchoSession] = {}  # of open connections
+        self._idle_closed: set[socket.socket] = set()  # shut down by an idle sweep
         self._open_changed = threading.Condition()
         self._expiry: threading.Timer | None = None
         self._drain_over = False  # set once a stop's drain time is over
@@ -499,7 +506,11 @@ class BlockingModel(EchoServer):
                 conn, error = self.tls_accept(conn)
                 if error is not None:
                     return
-            conn.settimeout(self.config.idle_timeout or None)
+            if self.idle_by_sweep:  # the socket that echoes (after TLS) is the one swept
+                self._sessions[conn] = session
+                conn.settimeout(None)
+            else:
+                conn.settimeout(self.config.idle_timeout or None)
             while True:
                 data = conn.recv(self.config.read_size)
                 if not data:  # b'': the client shut down its sending side (or closed)
@@ -512,7 +523,23 @@ class BlockingModel(EchoServer):
             error = exc
         finally:
             self.close_tracked(conn)
+            self._sessions.pop(conn, None)
+            if conn in self._idle_closed:  # the sweep's shutdown ended the recv()/sendall()
+                self._idle_closed.discard(conn)
+                idle, error = True, None
             self.release(session, error, idle=idle)
+
+    def sweep_idle_connections(self) -> None:
+        """Shut down every connection idle past the limit; its thread then ends as an idle
+        close. Under the lock :meth:`close_tracked` takes, so a closed socket is never touched."""
+        now = time.monotonic()
+        with self._open_changed:
+            for conn in self._open:
+                session = self._sessions.get(conn)
+                if session is not None and session.is_idle(now, net.kernel_unsent(conn)):
+                    self._idle_closed.add(conn)
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
 
     def tls_accept(self, conn: socket.socket) -> tuple[socket.socket, OSError | None]:
         """Wrap accepted ``conn`` in TLS and complete the handshake: (the socket to use, the

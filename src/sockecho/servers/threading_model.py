@@ -34,6 +34,11 @@ Lifecycle::
                                                                              │
     client thread:                                       recv() ⇄ sendall() ┘ ... close()
     udp thread:     select() → recvfrom() → sendto() → select() ...
+    idle thread:    every sweep: shutdown() the connections idle past --idle-timeout
+
+The idle limit is enforced by that one sweeping thread rather than by socket
+timeouts: CPython implements a timeout as a ``poll()`` before every ``recv()`` and
+``send()``, which cost about 15% more CPU per echo (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import threading
 
 from sockecho.config import ServerConfig
 from sockecho.core import EchoSession
-from sockecho.servers.base import BlockingModel, SocketCalls, Waker
+from sockecho.servers.base import BlockingModel, SocketCalls, Waker, sweep_interval
 
 #: Bytes of stack per connection thread; echo needs a few KiB, so 256 KiB is ample.
 THREAD_STACK_SIZE = 256 * 1024
@@ -53,11 +58,13 @@ THREAD_STACK_SIZE = 256 * 1024
 class ThreadingServer(BlockingModel):
     name = "threading"
     summary = "a thread per connection, each blocking in recv()/sendall()"
+    idle_by_sweep = True  # one sweeping thread, not a poll() before every recv() and send()
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
         self._datagram_waker = Waker() if config.udp else None
         self._serving = True
+        self._sweeps_over = threading.Event()
 
     def wake(self) -> None:
         super().wake()
@@ -77,6 +84,10 @@ class ThreadingServer(BlockingModel):
                 target=self._serve_datagrams, name="sockecho-udp", daemon=True
             )
             datagram_thread.start()
+        sweeper = None
+        if self.config.idle_timeout:
+            sweeper = threading.Thread(target=self._sweep_idle, name="sockecho-idle", daemon=True)
+            sweeper.start()
         try:
             while not self.stopping:
                 accepted = self.next_client()
@@ -94,6 +105,15 @@ class ThreadingServer(BlockingModel):
                 datagram_thread.join()
                 self._datagram_waker.close()
             self.wait_closed()  # every client thread closes its socket as it ends
+            if sweeper is not None:
+                self._sweeps_over.set()
+                sweeper.join()
+
+    def _sweep_idle(self) -> None:
+        """The idle thread: close connections idle past the limit until the model stops."""
+        interval = sweep_interval(self.config.idle_timeout)
+        while not self._sweeps_over.wait(interval):
+            self.sweep_idle_connections()
 
     def _serve_datagrams(self) -> None:
         """The UDP thread: wait for datagrams and echo them until a stop."""
