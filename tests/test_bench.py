@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import pty
+import socket
 import ssl
 import struct
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -370,3 +372,21 @@ def test_open_loop_at_a_rate_it_cannot_reach_still_ends_on_time(server: Server) 
     assert time.monotonic() - started < 10  # it used to send the whole backlog first
     assert result.round_trips > 0
     assert_consistent(result, 1000)
+
+
+def test_bench_uses_the_first_address_a_server_answers_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A name giving ::1 first (nothing listens there) and then 127.0.0.1 (the server).
+    with Server(model="selectors", port=0) as srv:
+        port = srv.address[1]
+        real = socket.getaddrinfo
+
+        def two_addresses(host: object, *args: Any, **kwargs: Any) -> Any:
+            if host == "two.test":
+                return real("::1", *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
+            return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+        result = run_bench(short_run(port, host="two.test", connections=1, duration=0.2))
+    assert result.round_trips > 0

@@ -383,7 +383,9 @@ def run_ping(args: argparse.Namespace) -> int:
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         nonlocal stop
-        stop = True  # ping(8): Ctrl-C ends the run and prints the summary
+        if stop:  # a second Ctrl-C: do not wait for the probe in flight
+            raise KeyboardInterrupt
+        stop = True  # ping(8): Ctrl-C ends the run (after the probe in flight) with the summary
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:

@@ -132,14 +132,26 @@ def check_reachable(spec: BenchSpec, address: str) -> None:
         raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
 
 
+def first_reachable(spec: BenchSpec) -> str:
+    """The first address of ``spec.host`` a server answers on, tried in the resolver's order
+    as ``sockecho send`` does (UDP: the first address); the last failure if none does."""
+    kind = socket.SOCK_DGRAM if spec.udp else socket.SOCK_STREAM
+    failure: ConnectError | None = None
+    for _family, sockaddr in resolve(spec.host, spec.port, kind, passive=False):
+        try:
+            check_reachable(spec, str(sockaddr[0]))
+        except ConnectError as exc:
+            failure = exc
+        else:
+            return str(sockaddr[0])
+    assert failure is not None  # resolve() gives at least one address or raises
+    raise failure
+
+
 def run_bench(spec: BenchSpec, progress: ProgressCallback | None = None) -> BenchResult:
     """Run the benchmark and return its result. ``progress(elapsed, round_trips, errors)``
     is called about four times a second while it runs."""
-    _family, sockaddr = resolve(
-        spec.host, spec.port, socket.SOCK_DGRAM if spec.udp else socket.SOCK_STREAM, passive=False
-    )[0]
-    address = str(sockaddr[0])
-    check_reachable(spec, address)
+    address = first_reachable(spec)
     specs = load_specs(spec, address)
     started = time.monotonic()
     if len(specs) == 1:
