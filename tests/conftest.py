@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -195,15 +195,17 @@ def report_child_output(
     request.node.stash.setdefault(CHILD_OUTPUT, []).append(lambda: (title, lines()))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed test's report gets what its servers logged: the why is usually there."""
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    report = yield
     if report.failed:
         for read in item.stash.get(CHILD_OUTPUT, []):
             title, lines = read()
             report.sections.append((title, "\n".join(lines) or "(nothing)"))
+    return report
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -135,6 +136,30 @@ def test_stop_closes_every_socket_it_opened(model: str) -> None:
         assert recv_exactly(sock, 1) == b"x"
     srv.stop(timeout=WAIT)
     assert open_fds() - before == set()
+
+
+def test_a_close_is_logged_before_it_is_counted(server: Server) -> None:
+    # Tests wait on the counters (stats.wait_for), then read the log: the line must be there.
+    counted_when_logged: list[int] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("close "):
+                counted_when_logged.append(server.snapshot().connections_closed)
+
+    logger = logging.getLogger("sockecho.server")
+    probe, level = Probe(logging.INFO), logger.level
+    logger.addHandler(probe)
+    logger.setLevel(logging.INFO)
+    try:
+        with connect(server.address) as sock:
+            sock.sendall(b"x")
+            assert recv_exactly(sock, 1) == b"x"
+        assert server.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
+    finally:
+        logger.removeHandler(probe)
+        logger.setLevel(level)
+    assert counted_when_logged == [0]
 
 
 #: Seconds a SlowClosingSocket's close() takes: longer than a stop takes to return.

@@ -224,7 +224,6 @@ class EchoServer(abc.ABC):
             log.debug("refused %s: the server is stopping", net.format_sockaddr(addr))
             return None
         if not self.gate.admit(source):
-            self.stats.rejected()
             folded = self._rejections.note()
             if folded:
                 log.warning(
@@ -233,10 +232,11 @@ class EchoServer(abc.ABC):
                     self.gate.max_connections,
                     self.gate.max_per_source or "no limit",
                 )
+            self.stats.rejected()  # after the log line, as in release()
             return None
         session = EchoSession(self.config, net.format_sockaddr(addr), source)
-        self.stats.opened()
         log.info("open %s", session.peer)
+        self.stats.opened()
         return session
 
     def admit_socket(self, conn: socket.socket, addr: net.SockAddr) -> EchoSession | None:
@@ -258,7 +258,6 @@ class EchoServer(abc.ABC):
         self.gate.release(session.source)
         # A client that speaks something other than TLS to a TLS port is its own problem.
         unexpected = error is not None and not isinstance(error, (*PEER_GONE, ssl.SSLError))
-        self.stats.closed(session, error=error is not None, idle=idle)
         why = " (idle timeout)" if idle else ""
         if error is not None:
             why = f" ({describe_error(error)})"
@@ -270,6 +269,9 @@ class EchoServer(abc.ABC):
             session.duration(),
             why,
         )
+        # Counted after it is logged: whoever waits on the counters (stats.wait_for) then
+        # finds the line too.
+        self.stats.closed(session, error=error is not None, idle=idle)
 
     def accept_failed(self, exc: OSError) -> bool:
         """Handle an accept() error. True: a capacity error, back off before accepting again."""

@@ -83,7 +83,6 @@ class SelectServer(NonBlockingModel):
     def can_watch(self, conn: socket.socket) -> bool:
         if conn.fileno() < FD_SETSIZE:
             return True
-        self.stats.rejected()
         folded = self._fd_refusals.note()
         if folded:
             log.warning(
@@ -93,6 +92,7 @@ class SelectServer(NonBlockingModel):
                 FD_SETSIZE,
                 conn.fileno(),
             )
+        self.stats.rejected()  # after the log line, as in release()
         return False
 
     def _wait_once(self, timeout: float) -> None:
