@@ -121,10 +121,6 @@ class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
-        if self.session is not None:
-            transport.set_write_buffer_limits(
-                high=self.server.config.high_water, low=self.server.config.low_water
-            )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server.read_buffer
@@ -176,10 +172,8 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
         if self.session is not None:
-            config = self.server.config
-            transport.set_write_buffer_limits(high=config.high_water, low=config.low_water)
             self._deadline = asyncio.get_running_loop().call_later(
-                config.tls_handshake_timeout, self._handshake_timed_out
+                self.server.config.tls_handshake_timeout, self._handshake_timed_out
             )
 
     def data_received(self, data: bytes) -> None:
@@ -312,8 +306,10 @@ class AsyncioServer(EchoServer):
         session = self.admit(peer)
         if session is None:
             transport.abort()
-        else:
-            self._protocols[protocol] = session
+            return None
+        self._protocols[protocol] = session
+        # Above high water asyncio calls pause_writing (ReadPausing): the shared marks.
+        transport.set_write_buffer_limits(high=self.config.high_water, low=self.config.low_water)
         return session
 
     def connection_lost(self, protocol: AnyEchoProtocol, exc: Exception | None) -> None:
