@@ -124,22 +124,6 @@ def connect_tcp(
     raise last
 
 
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    """Receive until ``size`` bytes arrived or the peer closed (then fewer come back)."""
-    chunks = bytearray()
-    while len(chunks) < size:
-        try:
-            data = sock.recv(min(CHUNK_SIZE, size - len(chunks)))
-        except TimeoutError:
-            raise EchoTimeout(
-                f"timed out waiting for the echo ({len(chunks)} of {size} bytes came back)"
-            ) from None
-        if not data:
-            break
-        chunks += data
-    return bytes(chunks)
-
-
 class Channel(Protocol):
     """What the echo loops need of a connection: a plain socket, or :class:`DuplexTLS`."""
 
@@ -424,6 +408,5 @@ __all__ = [
     "StreamResult",
     "connect",
     "echo",
-    "recv_exactly",
     "stream",
 ]
