@@ -345,7 +345,9 @@ def describe_difference(sent: bytes, received: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StreamResult:
-    """What :func:`stream` sent and what came back."""
+    """What :func:`stream` sent and what came back. ``intact`` is always True in a
+    returned result (a short or different echo raises EchoMismatch instead); it is there so
+    a logged result says so in words."""
 
     bytes_sent: int
     bytes_received: int
