@@ -8,8 +8,13 @@ The public API::
         host, port = srv.address
         assert sockecho.echo(b"hola\\n", host, port) == b"hola\\n"
 
-See :class:`Server`, :class:`ServerConfig`, :func:`echo`, :func:`stream` and
-:data:`MODELS` (the registry of server designs).
+See :class:`Server`, :class:`ServerConfig` (and :class:`StatsSnapshot`, what
+``srv.snapshot()`` returns), :func:`connect`, :func:`echo`, :func:`stream` and
+:data:`MODELS` (the registry of server designs). Over TLS: pass
+``tls=sockecho.client_context(sockecho.ClientTLSConfig(ca_file=...))`` to ``echo``
+or ``stream``, and ``tls_cert=``/``tls_key=`` to the server. Every error raised on
+purpose is a :class:`SockechoError` (the tree is drawn in :mod:`sockecho.errors`).
+:class:`EchoSession` is for people writing a model of their own.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from sockecho.client import StreamResult, connect, echo, stream
-from sockecho.config import ServerConfig
+from sockecho.config import ClientTLSConfig, ServerConfig
 from sockecho.core import EchoSession, ServerStats, StatsSnapshot
 from sockecho.errors import (
     BindError,
@@ -35,12 +40,14 @@ from sockecho.errors import (
 )
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+from sockecho.tls import client_context
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "BindError",
     "ClientError",
+    "ClientTLSConfig",
     "ConfigError",
     "ConnectError",
     "EchoMismatch",
@@ -58,6 +65,7 @@ __all__ = [
     "StreamResult",
     "TLSSetupError",
     "__version__",
+    "client_context",
     "connect",
     "echo",
     "stream",
