@@ -167,6 +167,7 @@ def servers(models: list[str]) -> list[ServerProcess]:
     refs = str(REFERENCE / "python_servers.py")
     chosen.append(ServerProcess("ThreadingTCPServer", [python, refs, "threading"], "reference"))
     chosen.append(ServerProcess("asyncio Protocol", [python, refs, "asyncio"], "reference"))
+    chosen.append(ServerProcess("asyncio streams", [python, refs, "streams"], "reference"))
     try:
         import uvloop  # noqa: F401, PLC0415
     except ImportError:

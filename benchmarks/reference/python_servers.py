@@ -3,7 +3,9 @@ their documentation's own examples (no limits, no counters, no logging):
 
 * ``threading`` - ``socketserver.ThreadingTCPServer`` with a ``recv``/``sendall`` handler;
 * ``asyncio``   - a stock ``asyncio.Protocol`` whose ``data_received`` calls ``write``;
-* ``uvloop``    - the same Protocol on uvloop's event loop.
+* ``uvloop``    - the same Protocol on uvloop's event loop;
+* ``streams``   - asyncio streams (``start_server``, ``read``/``write``/``drain``), the
+  API the asyncio model does not use: it costs a coroutine step per message.
 
 usage: python python_servers.py KIND [PORT]
 prints "listening on tcp://127.0.0.1:PORT" to stderr when ready, like sockecho serve.
@@ -47,6 +49,20 @@ async def serve_protocol(port: int) -> None:
     await server.serve_forever()
 
 
+async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def serve_streams(port: int) -> None:
+    server = await asyncio.start_server(echo_stream, "127.0.0.1", port, backlog=4096)
+    print(f"listening on tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}", file=sys.stderr)
+    sys.stderr.flush()
+    await server.serve_forever()
+
+
 def main() -> None:
     kind = sys.argv[1]
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -57,12 +73,14 @@ def main() -> None:
             server.serve_forever()
     elif kind == "asyncio":
         asyncio.run(serve_protocol(port))
+    elif kind == "streams":
+        asyncio.run(serve_streams(port))
     elif kind == "uvloop":
         import uvloop  # noqa: PLC0415 (only this kind needs it)
 
         uvloop.run(serve_protocol(port))
     else:
-        raise SystemExit(f"unknown kind {kind!r}: threading, asyncio or uvloop")
+        raise SystemExit(f"unknown kind {kind!r}: threading, asyncio, streams or uvloop")
 
 
 if __name__ == "__main__":

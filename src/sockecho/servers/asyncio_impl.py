@@ -1,12 +1,14 @@
-"""``asyncio``: the default and the fastest - an event loop with the Protocol/Transport API.
+"""``asyncio``: the default - an event loop with the Protocol/Transport API.
 
 How it waits
     asyncio's event loop runs on ``selectors`` (epoll) like the ``selectors``
     model, but the waiting, the registration and the partial writes are done by
     the loop's *transport*; the model only says what to do with bytes. We use
     the low-level ``BufferedProtocol`` rather than streams: streams add a
-    coroutine, a future and a buffer copy per message (about 50% more CPU per
-    echo, see docs/PERFORMANCE.md).
+    coroutine, a future and a buffer copy per message (1.47x the CPU per echo
+    at 50x1KiB, docs/PERFORMANCE.md). On one core of pure-Python event loop it
+    costs about what ``selectors`` does; ``--loop uvloop`` (libuv) makes it the
+    fastest model (docs/PERFORMANCE.md has the side-by-side figures).
 
 The fast path
     The kernel copies each read into one preallocated buffer (``get_buffer``),
