@@ -19,6 +19,7 @@ import fcntl
 import socket
 import struct
 import termios
+from collections.abc import Callable
 from typing import Any
 
 from sockecho.errors import BindError, ResolveError
@@ -101,6 +102,35 @@ def ipv6_only(addresses: list[tuple[socket.AddressFamily, SockAddr]]) -> int:
     return int(any(family == socket.AF_INET for family, _ in addresses))
 
 
+def _open_each(
+    host: str,
+    port: int,
+    kind: socket.SocketKind,
+    socket_class: type[socket.socket],
+    set_up: Callable[[socket.socket, SockAddr, socket.socket], None],
+) -> list[socket.socket]:
+    """One socket of ``kind`` per address of ``host``, each passed to ``set_up(sock, sockaddr,
+    first_sock)`` to bind it; IPv6 ones dual-stack only when no IPv4 socket is opened too.
+    All or nothing: on any failure every socket opened so far is closed."""
+    opened: list[socket.socket] = []
+    addresses = resolve(host, port, kind, passive=True)
+    v6only = ipv6_only(addresses)
+    try:
+        for family, sockaddr in addresses:
+            sock = socket_class(family, kind)
+            opened.append(sock)
+            if family == socket.AF_INET6:
+                # "::" serves IPv4 too, unless an IPv4 socket of ours does; a specific IPv6
+                # address serves only itself either way.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            set_up(sock, sockaddr, opened[0])
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
 def open_listeners(
     host: str, port: int, backlog: int, socket_class: type[socket.socket] = socket.socket
 ) -> list[socket.socket]:
@@ -110,32 +140,20 @@ def open_listeners(
     others reuse that number, so every address of a name shares one port.
     Listening sockets are left blocking; models set what they need.
     """
-    opened: list[socket.socket] = []
-    addresses = resolve(host, port, socket.SOCK_STREAM, passive=True)
-    v6only = ipv6_only(addresses)
-    try:
-        for family, sockaddr in addresses:
-            sock = socket_class(family, socket.SOCK_STREAM)
-            opened.append(sock)
-            # Restart at once on the same port although old connections sit in TIME_WAIT.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                # "::" serves IPv4 too, unless an IPv4 socket of ours does; a specific IPv6
-                # address serves only itself either way.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
-            address = sockaddr
-            if port == 0 and len(opened) > 1:
-                address = (sockaddr[0], opened[0].getsockname()[1], *sockaddr[2:])
-            try:
-                sock.bind(address)
-                sock.listen(backlog)
-            except OSError as exc:
-                raise bind_error(exc, str(address[0]), int(address[1])) from None
-    except BaseException:
-        for sock in opened:
-            sock.close()
-        raise
-    return opened
+
+    def listen_on(sock: socket.socket, sockaddr: SockAddr, first: socket.socket) -> None:
+        # Restart at once on the same port although old connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        address = sockaddr
+        if port == 0 and sock is not first:
+            address = (sockaddr[0], first.getsockname()[1], *sockaddr[2:])
+        try:
+            sock.bind(address)
+            sock.listen(backlog)
+        except OSError as exc:
+            raise bind_error(exc, str(address[0]), int(address[1])) from None
+
+    return _open_each(host, port, socket.SOCK_STREAM, socket_class, listen_on)
 
 
 #: The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); recvfrom() asks
@@ -153,24 +171,14 @@ def open_datagram_sockets(
     share one port number. No SO_REUSEADDR: on UDP it would let a second server
     bind the same port and silently share the datagrams.
     """
-    opened: list[socket.socket] = []
-    addresses = resolve(host, port, socket.SOCK_DGRAM, passive=True)
-    v6only = ipv6_only(addresses)
-    try:
-        for family, sockaddr in addresses:
-            sock = socket_class(family, socket.SOCK_DGRAM)
-            opened.append(sock)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                raise bind_error(exc, str(sockaddr[0]), int(sockaddr[1]), "udp") from None
-    except BaseException:
-        for sock in opened:
-            sock.close()
-        raise
-    return opened
+
+    def bind_to(sock: socket.socket, sockaddr: SockAddr, first: socket.socket) -> None:
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            raise bind_error(exc, str(sockaddr[0]), int(sockaddr[1]), "udp") from None
+
+    return _open_each(host, port, socket.SOCK_DGRAM, socket_class, bind_to)
 
 
 def kernel_unsent(sock: socket.socket | Any) -> int:
