@@ -150,12 +150,10 @@ def test_stream_accepts_a_complete_echo_from_a_server_that_never_closes(
 LATE_END = 0.3
 
 
-class LateEndingSource(io.RawIOBase):
-    """An input that gives one line and ends only a while after its echo came back: the
-    sending thread half-closes after the receiving side already holds the whole echo."""
+class OneLineSource(io.RawIOBase):
+    """An input that gives one line, then waits in :meth:`after_the_line` before it ends."""
 
-    def __init__(self, echoed: threading.Event) -> None:
-        self.echoed = echoed
+    def __init__(self) -> None:
         self.given = False
 
     def readable(self) -> bool:
@@ -166,9 +164,24 @@ class LateEndingSource(io.RawIOBase):
             self.given = True
             buffer[:5] = b"hola\n"
             return 5
+        self.after_the_line()
+        return 0
+
+    def after_the_line(self) -> None:
+        raise NotImplementedError
+
+
+class LateEndingSource(OneLineSource):
+    """An input that gives one line and ends only a while after its echo came back: the
+    sending thread half-closes after the receiving side already holds the whole echo."""
+
+    def __init__(self, echoed: threading.Event) -> None:
+        super().__init__()
+        self.echoed = echoed
+
+    def after_the_line(self) -> None:
         assert self.echoed.wait(WAIT)
         time.sleep(LATE_END)  # the late end under test, not synchronisation
-        return 0
 
 
 class SignallingSink(io.BytesIO):
@@ -194,22 +207,11 @@ def test_stream_accepts_a_whole_echo_that_came_back_before_the_input_ended(
     assert sink.getvalue() == b"hola\n"
 
 
-class EndlessSource(io.RawIOBase):
+class EndlessSource(OneLineSource):
     """An input that gives one line, then never ends (a terminal nobody types into)."""
 
-    def __init__(self) -> None:
-        self.given = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if not self.given:
-            self.given = True
-            buffer[:5] = b"hola\n"
-            return 5
+    def after_the_line(self) -> None:
         threading.Event().wait(30)
-        return 0
 
 
 def test_stream_reports_a_server_that_closes_before_the_input_ends(
