@@ -34,12 +34,13 @@ through :meth:`EchoSession.echoed` so every model reports the same numbers.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sockecho.config import UDP_LOWEST_REPLY_PORT, ServerConfig
 
@@ -211,6 +212,20 @@ class StatsSnapshot:
     datagrams_dropped_rate: int  # the reflection limit: over the source's udp_rate
     datagram_errors: int  # sendto() failed (ICMP unreachable, buffer full): not echoed
     tls_handshake_failures: int  # not TLS, a bad handshake, or none within the timeout
+    # -- what --metrics exports besides the above (sockecho.metrics) --
+    connections_rejected_source: int = 0  # of connections_rejected: over --max-per-source
+    proxy_header_failures: int = 0  # a missing, malformed, partial or oversized PROXY header
+    bytes_received: int = 0  # by closed connections and echoed datagrams
+    #: closed connections per :data:`DURATION_BUCKETS` bucket (not cumulative; last: longer)
+    duration_counts: tuple[int, ...] = ()
+    duration_sum: float = 0.0  # seconds, over every closed connection
+    faults: dict[str, int] = field(default_factory=dict)  # injected faults by kind
+
+
+#: Upper bounds in seconds of the connection-duration histogram (``--metrics``). An echo
+#: connection lives from a health check's milliseconds to a session's hours; one bucket per
+#: half decade from 5 ms to an hour keeps the export small (12 series).
+DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 
 
 class ServerStats:
@@ -231,6 +246,12 @@ class ServerStats:
         self.datagrams_dropped_rate = 0
         self.datagram_errors = 0
         self.tls_handshake_failures = 0
+        self.connections_rejected_source = 0
+        self.proxy_header_failures = 0
+        self.bytes_received = 0
+        self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.faults: dict[str, int] = {}
 
     def opened(self) -> None:
         with self._changed:
@@ -239,17 +260,35 @@ class ServerStats:
             self._changed.notify_all()
 
     def closed(self, session: EchoSession, *, error: bool = False, idle: bool = False) -> None:
+        duration = session.duration()
+        bucket = bisect.bisect_left(DURATION_BUCKETS, duration)
         with self._changed:
             self.connections_active -= 1
             self.connections_closed += 1
             self.bytes_echoed += session.bytes_sent
+            self.bytes_received += session.bytes_received
+            self.duration_counts[bucket] += 1
+            self.duration_sum += duration
             self.connection_errors += error
             self.idle_closed += idle
             self._changed.notify_all()
 
-    def rejected(self) -> None:
+    def rejected(self, *, per_source: bool = False) -> None:
+        """Count a connection refused at admission (``per_source``: by --max-per-source)."""
         with self._changed:
             self.connections_rejected += 1
+            self.connections_rejected_source += per_source
+            self._changed.notify_all()
+
+    def proxy_header_failed(self) -> None:
+        with self._changed:
+            self.proxy_header_failures += 1
+            self._changed.notify_all()
+
+    def fault(self, kind: str) -> None:
+        """Count one injected fault of ``kind`` (``latency``, ``drop``...)."""
+        with self._changed:
+            self.faults[kind] = self.faults.get(kind, 0) + 1
             self._changed.notify_all()
 
     def datagram(self, verdict: DatagramVerdict, *, size: int = 0, error: bool = False) -> None:
@@ -265,6 +304,7 @@ class ServerStats:
             else:
                 self.datagrams_echoed += 1
                 self.bytes_echoed += size
+                self.bytes_received += size
             self._changed.notify_all()
 
     def tls_handshake_failed(self) -> None:
@@ -288,6 +328,12 @@ class ServerStats:
                 datagrams_dropped_rate=self.datagrams_dropped_rate,
                 datagram_errors=self.datagram_errors,
                 tls_handshake_failures=self.tls_handshake_failures,
+                connections_rejected_source=self.connections_rejected_source,
+                proxy_header_failures=self.proxy_header_failures,
+                bytes_received=self.bytes_received,
+                duration_counts=tuple(self.duration_counts),
+                duration_sum=self.duration_sum,
+                faults=dict(self.faults),
             )
 
     def wait_for(self, predicate: Callable[[StatsSnapshot], bool], timeout: float) -> bool:
