@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
 
+from sockecho.arguments import ExitCode, add_trace_argument, positive_int, seconds, tracer_for
 from sockecho.config import DEFAULT_PORT
 from sockecho.errors import ConfigError
 from sockecho.net import format_host_port, resolve
@@ -324,12 +325,6 @@ def ping(
 
 def add_parser(commands: Any) -> None:
     """Add ``ping`` to the CLI's subcommands."""
-    from sockecho.cli import (  # noqa: PLC0415 (cli imports this module)
-        add_trace_argument,
-        positive_int,
-        seconds,
-    )
-
     parser = commands.add_parser(
         "ping",
         help="measure round-trip time to an echo server, like ping(8)",
@@ -377,8 +372,6 @@ def add_parser(commands: Any) -> None:
 
 
 def run_ping(args: argparse.Namespace) -> int:
-    from sockecho.cli import ExitCode, tracer_for  # noqa: PLC0415 (cli imports this module)
-
     parser: argparse.ArgumentParser = args.parser
     try:
         host, port = parse_target(args.target)
