@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sockecho import Server, ServerConfig
 from sockecho.errors import BindError, ConfigError
+from sockecho.faults import FaultKind
 from sockecho.metrics import parse_address
 from tests.conftest import WAIT, connect, recv_exactly
 
@@ -70,9 +71,9 @@ def test_metrics_count_what_the_server_served(model: str) -> None:
 
 def test_faults_counted_in_the_stats_are_exported_by_kind() -> None:
     with Server(ServerConfig(port=0, metrics="127.0.0.1:0")) as server:
-        server.stats.fault("latency")
-        server.stats.fault("latency")
-        server.stats.fault("drop")
+        server.stats.fault(FaultKind.LATENCY)
+        server.stats.fault(FaultKind.LATENCY)
+        server.stats.fault(FaultKind.DROP)
         samples = scrape(server)
     assert samples[("sockecho_faults_total", (("kind", "latency"),))] == 2
     assert samples[("sockecho_datagrams_total", (("result", "dropped_fault"),))] == 1

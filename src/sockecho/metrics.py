@@ -59,9 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sockecho")
 
-#: The datagram drop a fault causes is counted by the fault's kind.
-DATAGRAM_FAULT_KINDS = ("drop",)
-
 
 def require_client() -> None:
     """Raise ConfigError naming the extra when ``prometheus-client`` is not installed."""
@@ -129,12 +126,11 @@ class StatsCollector:
         datagrams = CounterMetricFamily(
             "sockecho_datagrams", "UDP datagrams by what became of them", labels=["result"]
         )
-        dropped_fault = sum(s.faults.get(kind, 0) for kind in DATAGRAM_FAULT_KINDS)
         for result, value in (
             ("echoed", s.datagrams_echoed),
             ("dropped_rate", s.datagrams_dropped_rate),
             ("dropped_loop", s.datagrams_dropped_low_port),
-            ("dropped_fault", dropped_fault),
+            ("dropped_fault", s.datagrams_dropped_fault),
             ("send_failed", s.datagram_errors),
         ):
             datagrams.add_metric([result], value)
