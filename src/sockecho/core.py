@@ -352,8 +352,8 @@ class StatsSnapshot:
     proxy_header_failures: int = 0  # a missing, malformed, partial or oversized PROXY header
     bytes_received: int = 0  # by closed connections and echoed datagrams
     #: closed connections per :data:`DURATION_BUCKETS` bucket (not cumulative; last: longer)
-    duration_counts: tuple[int, ...] = ()
-    duration_sum: float = 0.0  # seconds, over every closed connection
+    duration_counts: tuple[int, ...] = field(default=(), repr=False)
+    duration_sum: float = field(default=0.0, repr=False)  # seconds, every closed connection
 
 
 #: Upper bounds in seconds of the connection-duration histogram (``--metrics``). An echo
