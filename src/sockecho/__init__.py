@@ -11,7 +11,8 @@ The public API::
 See :class:`Server`, :class:`ServerConfig` (and :class:`StatsSnapshot`, what
 ``srv.snapshot()`` returns), :func:`connect`, :func:`echo`, :func:`stream` and
 :data:`MODELS` (the registry of server designs); :func:`check` runs the conformance
-cases of ``sockecho check`` against any echo server and returns a :class:`CheckReport`. Over TLS: pass
+cases of ``sockecho check`` against any echo server and returns a :class:`CheckReport`.
+Over TLS: pass
 ``tls=sockecho.client_context(sockecho.ClientTLSConfig(ca_file=...))`` to ``echo``
 or ``stream``, and ``tls_cert=``/``tls_key=`` to the server. Every error raised on
 purpose is a :class:`SockechoError` (the tree is drawn in :mod:`sockecho.errors`).

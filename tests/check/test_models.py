@@ -5,8 +5,6 @@ UDP list); the tests below read that one report."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 import sockecho
@@ -22,14 +20,14 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module", params=ALL_MODELS)
-def reports(request: pytest.FixtureRequest) -> Iterator[tuple[str, CheckReport, CheckReport]]:
+def reports(request: pytest.FixtureRequest) -> tuple[str, CheckReport, CheckReport]:
     model = str(request.param)
     config = ServerConfig(model=model, port=0, drain_timeout=1.0, udp=True)
     with Server(config) as server:
         host, port = server.address
         tcp = sockecho.check(host, port, strict=True)
         udp = sockecho.check(host, port, udp=True)
-    yield model, tcp, udp
+    return model, tcp, udp
 
 
 def describe(report: CheckReport) -> list[str]:
