@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import enum
 import inspect
 import logging
 import os
@@ -22,20 +21,27 @@ import textwrap
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TextIO
 
-from sockecho import __version__, client, tls
+from sockecho import __version__, bench, client, ping, tls
+from sockecho.arguments import (
+    ExitCode,
+    add_address_arguments,
+    add_trace_argument,
+    backlog_size,
+    non_negative_number,
+    positive_int,
+    positive_seconds,
+    seconds,
+    tracer_for,
+)
 from sockecho.config import (
     DEFAULT_BACKLOG,
     DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PORT,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     DEFAULT_UDP_RATE,
     EVENT_LOOPS,
-    MAX_BACKLOG,
-    MAX_SECONDS,
     UDP_BURST_SECONDS,
     ClientTLSConfig,
     ServerConfig,
@@ -45,16 +51,6 @@ from sockecho.errors import ConfigError, OutputError, SockechoError
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
 
-if TYPE_CHECKING:
-    from sockecho.trace import Tracer
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FAILURE = 1  # a runtime error: address in use, refused, echo mismatch...
-    USAGE = 2  # bad arguments (argparse's own code)
-
-
 #: Signals that stop ``serve`` (gracefully; the second one at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -62,59 +58,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 READY_LINE = "listening on {endpoint}"
 
 log = logging.getLogger("sockecho")
-
-
-def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
-    return port
-
-
-#: The largest count any option takes (connections, requests, backlog...): a C int.
-MAX_COUNT = 2**31 - 1
-
-
-def _bounded(text: str, parse: type[int] | type[float], low: float, high: float, what: str) -> Any:
-    """Parse ``text`` as ``what`` within [low, high]; NaN and infinities are rejected."""
-    try:
-        value = parse(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if not low <= value <= high:  # NaN compares false: rejected too
-        raise argparse.ArgumentTypeError(f"{text} is out of range {low:g}-{high:g}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value: int = _bounded(text, int, 1, MAX_COUNT, "a whole number")
-    return value
-
-
-def non_negative_number(text: str) -> float:
-    value: float = _bounded(text, float, 0, float(MAX_COUNT), "a number")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    value = seconds(text)
-    if not value:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
-    return value
-
-
-def seconds(text: str) -> float:
-    """0 up to MAX_SECONDS (a year): larger values overflow the kernel's timeouts."""
-    value: float = _bounded(text, float, 0, MAX_SECONDS, "a number of seconds")
-    return value
-
-
-def backlog_size(text: str) -> int:
-    value: int = _bounded(text, int, 1, MAX_BACKLOG, "a whole number")
-    return value
 
 
 SERVE_EXAMPLES = """\
@@ -251,43 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.set_defaults(run=run_models, parser=models)
 
-    from sockecho import bench, ping  # noqa: PLC0415 (they import this module's helpers)
-
     bench.add_parser(commands)
     ping.add_parser(commands)
     return parser
-
-
-def add_address_arguments(parser: argparse.ArgumentParser, *, listening: bool = False) -> None:
-    """--host and --port; ``listening`` for a server (where port 0 means "pick one")."""
-    parser.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"host name or address (default: {DEFAULT_HOST})"
-    )
-    parser.add_argument(
-        "--port",
-        type=port_number,
-        default=DEFAULT_PORT,
-        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)"
-        if listening
-        else f"the server's port (default: {DEFAULT_PORT})",
-    )
-
-
-def add_trace_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--trace",
-        action="store_true",
-        help="narrate every socket call (arguments, result, errno) on stderr",
-    )
-
-
-def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
-    """The stderr tracer when ``--trace`` was given (the trace module loads only then)."""
-    if not getattr(args, "trace", False):
-        return None
-    from sockecho.trace import Tracer  # noqa: PLC0415 - rich loads only for --trace
-
-    return Tracer(role, sys.stderr)
 
 
 def add_udp_arguments(parser: argparse.ArgumentParser) -> None:

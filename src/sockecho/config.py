@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from sockecho.errors import ConfigError
+from sockecho.faults import FaultInjector, parse_fault, parse_probability
 
 DEFAULT_HOST = "127.0.0.1"
 #: The port of the course's exercises (RFC 862's own port 7 needs root).
@@ -78,6 +79,10 @@ class ServerConfig:
     TLS; a client that has not finished its handshake after
     ``tls_handshake_timeout`` seconds is closed. The files are read (and their
     errors reported) when the server is built, by :mod:`sockecho.tls`.
+
+    ``faults`` are ``--fault`` specs (``"latency=100:20"``, ``"drop=0.1"``...,
+    :mod:`sockecho.faults`); ``fault_probability`` is the share of connections
+    (and datagrams) they apply to, and ``seed`` makes the draws repeatable.
     """
 
     model: str = "asyncio"
@@ -99,6 +104,9 @@ class ServerConfig:
     tls_key: str | None = None
     tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     loop: str = "asyncio"
+    faults: tuple[str, ...] = ()
+    fault_probability: float = 1.0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -144,6 +152,23 @@ class ServerConfig:
             raise ConfigError(
                 f"--loop {self.loop} applies to the asyncio model only", "add --model asyncio"
             )
+        injector = self.fault_injector()  # every spec parsed (and rejected) here, once
+        if injector.faults and self.tls:
+            raise ConfigError(
+                "--fault does not apply to TLS connections",
+                "inject faults on a plain TCP or UDP port",
+            )
+        if injector.datagram_kinds and not self.udp:
+            kinds = ", ".join(kind.value for kind in injector.datagram_kinds)
+            raise ConfigError(f"fault {kinds} applies to UDP echo only", "add --udp")
+
+    def fault_injector(self) -> FaultInjector:
+        """A fresh injector for ``faults`` (its generator seeded with ``seed``)."""
+        return FaultInjector(
+            [parse_fault(spec) for spec in self.faults],
+            parse_probability(self.fault_probability),
+            self.seed,
+        )
 
     def replace(self, **changes: object) -> ServerConfig:
         """Return a copy with ``changes`` applied (validated again)."""
