@@ -6,9 +6,17 @@
     PING 127.0.0.1:7007 (tcp): 56 data bytes
     56 bytes from 127.0.0.1:7007: seq=1 time=0.081 ms
     ...
-    --- 127.0.0.1:7007 sockecho ping statistics ---
-    3 probes transmitted, 3 received, 0% probe loss, time 2002 ms
+    --- 127.0.0.1 ping statistics ---
+    3 packets transmitted, 3 received, 0% packet loss, time 2002ms
     rtt min/avg/max/mdev = 0.074/0.079/0.081/0.003 ms
+
+Summary
+    The last three lines are ping(8)'s own (iputils), word for word, so tools
+    that parse ping output (pingparsing, monitoring plugins, a regex in a
+    script) read ours unchanged: the headline names the host as ping(8) does
+    (the port is on the first line), the loss is printed with ``%g`` (``33.3333%``),
+    failed probes add ``+N errors`` after ``received``, and ``time`` is the run's
+    length in whole milliseconds with no space before ``ms``.
 
 Probes
     Each probe carries its sequence number in its first 8 bytes and a fixed
@@ -45,6 +53,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
 
+from sockecho.arguments import ExitCode, add_trace_argument, positive_int, seconds, tracer_for
 from sockecho.config import DEFAULT_PORT
 from sockecho.errors import ConfigError
 from sockecho.net import format_host_port, resolve
@@ -78,6 +87,13 @@ class PingStats:
     @property
     def loss(self) -> float:
         return 1 - self.received / self.transmitted if self.transmitted else 0.0
+
+    @property
+    def loss_percent(self) -> float:
+        """The loss as ping(8) computes it (so ``%g`` prints the same digits)."""
+        if not self.transmitted:
+            return 0.0
+        return (self.transmitted - self.received) * 100.0 / self.transmitted
 
     def summary(self) -> tuple[float, float, float, float]:
         """min, avg, max, mdev in seconds (mdev as ping(8): population standard deviation)."""
@@ -251,15 +267,14 @@ class Pinger:
         self._lost(sequence, f"timeout after {self.timeout:g} s")
 
     def print_summary(self, elapsed: float) -> None:
+        """ping(8)'s summary, in its words (see "Summary" in the module docstring)."""
         stats = self.stats
-        self.say(f"\n--- {self.where} sockecho ping statistics ---")
-        line = (
-            f"{stats.transmitted} probes transmitted, {stats.received} received, "
-            f"{stats.loss:.0%} probe loss, time {elapsed * 1000:.0f} ms"
+        self.say(f"\n--- {self.sockaddr[0]} ping statistics ---")
+        errors = f" +{stats.errors} errors," if stats.errors else ""
+        self.say(
+            f"{stats.transmitted} packets transmitted, {stats.received} received,{errors} "
+            f"{stats.loss_percent:g}% packet loss, time {elapsed * 1000:.0f}ms"
         )
-        if stats.errors:
-            line += f", {stats.errors} errors"
-        self.say(line)
         if stats.rtts:
             low, mean, high, mdev = (value * 1000 for value in stats.summary())
             self.say(f"rtt min/avg/max/mdev = {low:.3f}/{mean:.3f}/{high:.3f}/{mdev:.3f} ms")
@@ -310,12 +325,6 @@ def ping(
 
 def add_parser(commands: Any) -> None:
     """Add ``ping`` to the CLI's subcommands."""
-    from sockecho.cli import (  # noqa: PLC0415 (cli imports this module)
-        add_trace_argument,
-        positive_int,
-        seconds,
-    )
-
     parser = commands.add_parser(
         "ping",
         help="measure round-trip time to an echo server, like ping(8)",
@@ -363,8 +372,6 @@ def add_parser(commands: Any) -> None:
 
 
 def run_ping(args: argparse.Namespace) -> int:
-    from sockecho.cli import ExitCode, tracer_for  # noqa: PLC0415 (cli imports this module)
-
     parser: argparse.ArgumentParser = args.parser
     try:
         host, port = parse_target(args.target)

@@ -32,6 +32,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from sockecho.arguments import (
+    ExitCode,
+    add_address_arguments,
+    positive_int,
+    positive_seconds,
+    seconds,
+)
 from sockecho.bench.report import (
     BenchResult,
     load_result,
@@ -40,7 +47,6 @@ from sockecho.bench.report import (
     save_result,
 )
 from sockecho.bench.runner import BenchSpec, run_bench
-from sockecho.cli import ExitCode, add_address_arguments, positive_int, seconds
 
 #: Largest UDP payload over IPv4 (65535 - 8 UDP header - 20 IP header).
 MAX_UDP_SIZE = 65507
@@ -142,13 +148,6 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be more than 0")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    value = seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
 
 
