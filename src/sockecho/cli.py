@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from sockecho import __version__, bench, client, ping, tls
+from sockecho import __version__, bench, client, logs, ping, tls
 from sockecho.arguments import (
     ExitCode,
     add_address_arguments,
@@ -42,12 +42,14 @@ from sockecho.config import (
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     DEFAULT_UDP_RATE,
     EVENT_LOOPS,
+    PROXY_VERSIONS,
     UDP_BURST_SECONDS,
     ClientTLSConfig,
     ServerConfig,
 )
 from sockecho.core import StatsSnapshot
 from sockecho.errors import ConfigError, OutputError, SockechoError
+from sockecho.logs import LOG_FORMATS
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
 
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_argument(serve)
     add_udp_arguments(serve)
     add_tls_server_arguments(serve)
+    add_operations_arguments(serve)
     add_verbosity_arguments(serve)
     add_flaw_argument(serve)
     serve.set_defaults(run=run_serve, parser=serve)
@@ -271,6 +274,39 @@ def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
+    """serve's options for running behind load balancers and monitoring (docs/operations.md)."""
+    group = parser.add_argument_group("operations (docs/operations.md)")
+    group.add_argument(
+        "--proxy-protocol",
+        choices=PROXY_VERSIONS,
+        default=None,
+        help="every TCP client must start with a PROXY protocol header of this version "
+        "(haproxy send-proxy: v1, send-proxy-v2: v2); its client address is used in logs, "
+        "--max-per-source and --identify",
+    )
+    group.add_argument(
+        "--identify",
+        metavar="NAME",
+        default=None,
+        help="send each TCP connection a JSON line naming this instance before the echo; "
+        "UDP answers the datagram 'sockecho-identify' with it",
+    )
+    group.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics and /healthz "
+        "(the sockecho[metrics] extra)",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text (default) or one JSON object per event",
+    )
+
+
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -302,7 +338,7 @@ def configure_logging(args: argparse.Namespace) -> None:
     elif getattr(args, "verbose", False):
         level = logging.DEBUG
     handler = StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logs.formatter(getattr(args, "log_format", "text")))
     root = logging.getLogger("sockecho")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -330,6 +366,9 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
             loop=args.loop,
+            proxy_protocol=args.proxy_protocol,
+            identify=args.identify,
+            metrics=args.metrics,
         )
         if args.trace and config.loop != "asyncio":
             raise ConfigError(f"--trace cannot narrate --loop {config.loop}", "drop one of them")
@@ -356,6 +395,10 @@ def run_serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
                 sys.stderr.flush()
+        if server.metrics_url is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"metrics on {server.metrics_url}\n")
+                sys.stderr.flush()
 
         def report_end() -> None:
             server.stopped.wait()
@@ -363,13 +406,21 @@ def run_serve(args: argparse.Namespace) -> int:
 
         threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
         while (received := events.get()) is not None:  # get() lets the signal handlers run
-            log.info("%s: stopping", signal.Signals(received).name)
+            name = signal.Signals(received).name
+            log.info("%s: stopping", name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
     finally:  # main() is a function: the caller's handlers come back, whatever happened
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    log.info("stopped: %s", summarize(server.snapshot()))
+    snapshot = server.snapshot()
+    totals = {
+        "connections": snapshot.connections_accepted,
+        "bytes": snapshot.bytes_echoed,
+        "rejected": snapshot.connections_rejected,
+        "datagrams": snapshot.datagrams_echoed,
+    }
+    log.info("stopped: %s", summarize(snapshot), extra=logs.event("stop", **totals))
     return ExitCode.OK
 
 
