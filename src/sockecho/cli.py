@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backlog",
         type=backlog_size,
         default=DEFAULT_BACKLOG,
-        help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
+        help="connections the kernel queues before accept(); Linux caps it at "
+        f"net.core.somaxconn (default: socket.SOMAXCONN = {DEFAULT_BACKLOG})",
     )
     serve.add_argument(
         "--idle-timeout",
