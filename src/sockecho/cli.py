@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_server_arguments(serve)
     add_operations_arguments(serve)
     add_verbosity_arguments(serve)
+    add_flaw_argument(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
     send = commands.add_parser(
@@ -194,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         help="list the server models and where their source lives",
         description="The server designs, in teaching order, each with the file to read it in.",
+    )
+    models.add_argument(
+        "--flaws",
+        action="store_true",
+        help="list the deliberately broken servers of 'serve --flaw' instead",
     )
     models.set_defaults(run=run_models, parser=models)
     add_check_parser(commands)
@@ -340,6 +346,8 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.flaw:
+        return run_flaw(args)
     try:
         config = ServerConfig(
             model=args.model,
@@ -438,6 +446,8 @@ def summarize(snapshot: StatsSnapshot) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.flaws:
+        return run_flaw_list()
     width = max(len(name) for name in MODELS) + len(" (default)")
     for name, cls in MODELS.items():
         label = f"{name} (default)" if name == DEFAULT_MODEL else name
@@ -604,6 +614,66 @@ def run_check(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return ExitCode.FAILURE if report.failed else ExitCode.OK
+
+
+# --- sockecho serve --flaw, sockecho models --flaws ------------------------------------
+
+
+def add_flaw_argument(parser: argparse.ArgumentParser) -> None:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415 - loads only with the CLI
+
+    parser.add_argument(
+        "--flaw",
+        choices=list(FLAWS),
+        metavar="NAME",
+        help="serve a deliberately broken echo instead (only --host and --port apply); "
+        "'sockecho models --flaws' lists them and the check case that catches each",
+    )
+
+
+def run_flaw(args: argparse.Namespace) -> int:
+    """Serve a flawed server in this thread until SIGINT/SIGTERM (or until it stops itself,
+    as the handout's does)."""
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+    from sockecho.net import endpoint_url  # noqa: PLC0415
+
+    flaw = FLAWS[args.flaw]
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"warning: --flaw {flaw.name} serves a deliberately broken echo\n")
+        sys.stderr.flush()
+    sock = flaw.open_socket(args.host, args.port)  # BindError: one line, exit 1
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # The flaws are a dozen lines of blocking code each, like the exercises they copy:
+        # stopping them the way Ctrl-C stops a student's script keeps them that simple.
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        with contextlib.suppress(OSError, ValueError):
+            scheme = "udp" if flaw.udp else "tcp"
+            sys.stderr.write(READY_LINE.format(endpoint=endpoint_url(scheme, sock)) + "\n")
+            sys.stderr.flush()
+        flaw.serve(sock)
+        log.info("the flawed server stopped by itself")
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sock.close()
+    return ExitCode.OK
+
+
+def run_flaw_list() -> int:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+
+    width = max(len(name) for name in FLAWS)
+    for name, flaw in FLAWS.items():
+        print(f"{name:<{width}}  {flaw.bug}")
+        print(f"{'':<{width}}  caught by: sockecho check --case {flaw.caught_by}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(flaw.module)}")
+    return ExitCode.OK
 
 
 # ---------------------------------------------------------------------------------------
