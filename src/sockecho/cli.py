@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -52,6 +51,7 @@ from sockecho.errors import ConfigError, OutputError, SockechoError
 from sockecho.logs import LOG_FORMATS
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+from sockecho.stop_signals import StopSignals
 
 #: Signals that stop ``serve`` (gracefully; the second one at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -378,17 +378,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
-    # The main thread's events: a signal number, or None once the serving thread has ended.
-    # A signal handler only records the signal (SimpleQueue.put is reentrant): it runs between
-    # two bytecodes of the main thread, which may be in the middle of a write to stderr or
-    # hold a lock, so logging or stopping from the handler itself could interleave or deadlock.
-    events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        events.put(signum)
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
-    try:
+    # The main thread only waits: for a stop signal (whatever thread the kernel delivered it
+    # to, see stop_signals.py) or the end of the serving thread. Logging and stopping happen
+    # here, not in a signal handler, which runs between two bytecodes of a thread that may be
+    # in the middle of a write to stderr or hold a lock.
+    with StopSignals(STOP_SIGNALS) as stop_signals:
         for endpoint in server.start():
             # One write, not print()'s two: the serving thread (its log, --trace) writes to
             # stderr too, and must not land between the line and its newline. A reader that
@@ -403,17 +397,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
         def report_end() -> None:
             server.stopped.wait()
-            events.put(None)
+            stop_signals.ended()
 
         threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
-        while (received := events.get()) is not None:  # get() lets the signal handlers run
+        while (received := stop_signals.wait()) is not None:
             name = signal.Signals(received).name
             log.info("%s: stopping", name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
-    finally:  # main() is a function: the caller's handlers come back, whatever happened
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     snapshot = server.snapshot()
     totals = {
         "connections": snapshot.connections_accepted,
