@@ -96,8 +96,9 @@ PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, Time
 #: Datagrams echoed per readiness event at most, so a UDP flood cannot starve TCP clients
 #: of the loop (the rest wait in the socket's receive buffer for the next turn).
 DATAGRAM_BATCH = 64
-#: Attempts at finding a port free for both TCP and UDP when the kernel picks it (port 0):
-#: the TCP port it gives may be taken for UDP by an unrelated socket.
+#: Attempts at finding a port free on every address of the host, for TCP and UDP, when the
+#: kernel picks it (port 0): it picks for the first address only, and the number may be taken
+#: on another one (``localhost``: 127.0.0.1 and ::1) or for UDP by an unrelated socket.
 PORT_ATTEMPTS = 8
 
 log = logging.getLogger("sockecho.server")
@@ -185,15 +186,16 @@ class EchoServer(abc.ABC):
         and their ``udp://`` URLs come after the ``tcp://`` ones.
         """
         for attempt in range(PORT_ATTEMPTS):
-            self.listeners = net.open_listeners(
-                self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
-            )
-            if not self.config.udp:
-                break
             try:
-                self.datagram_sockets = net.open_datagram_sockets(
-                    self.config.host, self.listeners[0].getsockname()[1], self.calls.socket_class
+                self.listeners = net.open_listeners(
+                    self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
                 )
+                if self.config.udp:
+                    self.datagram_sockets = net.open_datagram_sockets(
+                        self.config.host,
+                        self.listeners[0].getsockname()[1],
+                        self.calls.socket_class,
+                    )
                 break
             except BindError:
                 self.close_listeners()
