@@ -124,6 +124,17 @@ def add_parser(commands: Any) -> None:
         help="the load generator's event loop (uvloop: the sockecho[uvloop] extra)",
     )
     bench.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        help="send a PROXY protocol header on each connection (a --proxy-protocol server)",
+    )
+    bench.add_argument(
+        "--identify",
+        action="store_true",
+        help="read each connection's --identify line: connections and round trips per "
+        "instance behind a load balancer (docs/operations.md)",
+    )
+    bench.add_argument(
         "--json", metavar="FILE", help="write the result as JSON (docs/measuring.md)"
     )
     bench.add_argument("--plot", metavar="FILE.png", help="draw latency by percentile")
@@ -159,6 +170,10 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         parser.error(f"--size must be 16 to {MAX_UDP_SIZE} bytes with --udp")
     if args.size > MAX_SIZE:
         parser.error(f"--size must be at most {MAX_SIZE} bytes")
+    if args.udp and (args.proxy or args.identify):
+        parser.error("--proxy and --identify apply to TCP connections")
+    if args.tls and args.proxy:
+        parser.error("--proxy cannot be combined with --tls yet")
     if args.processes > args.connections:
         parser.error("--processes cannot exceed --connections (each process needs one)")
     if args.loop == "uvloop":
@@ -183,6 +198,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         cafile=args.cafile,
         processes=args.processes,
         loop=args.loop,
+        proxy=args.proxy,
+        identify=args.identify,
     )
 
 

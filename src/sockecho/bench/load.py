@@ -46,6 +46,10 @@ from typing import cast
 
 from hdrh.histogram import HdrHistogram
 
+from sockecho.client import ProxyVersion
+from sockecho.identity import IdentityError, read_identity
+from sockecho.proxy_protocol import encode as encode_proxy
+
 #: Kinds of failed round trips, in report order.
 ERROR_KINDS = ("refused", "reset", "closed", "timeout", "mismatch", "tls", "other")
 #: Histogram range in microseconds: 1 µs to 5 min, with 3 significant digits (0.1% error).
@@ -84,6 +88,8 @@ class LoadSpec:
     server_name: str | None = None
     first_channel: int = 0  # channel numbers are unique across processes
     use_uvloop: bool = False
+    proxy: str | None = None  # "v1"/"v2": each connection sends a PROXY header first
+    identify: bool = False  # each connection reads the server's --identify line first
 
 
 @dataclass(slots=True)
@@ -97,6 +103,9 @@ class Tally:
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     first_start: float = 0.0  # monotonic time the measured window opened
     last_end: float = 0.0  # monotonic time the last measured request finished
+    #: --identify: connections and measured round trips by the instance that served them
+    instance_connections: collections.Counter[str] = field(default_factory=collections.Counter)
+    instance_round_trips: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 #: Requests one open-loop channel sends per turn of the event loop when it is behind
@@ -126,13 +135,16 @@ class Run:
     def measured(self, intended: float) -> bool:
         return intended >= self.measure_start
 
-    def complete(self, intended: float, now: float) -> None:
+    def complete(self, intended: float, now: float) -> bool:
+        """Count one round trip; whether it was in the measured window."""
         if intended >= self.measure_start:
             tally = self.tally
             tally.round_trips += 1
             tally.bytes_echoed += self.spec.size
             tally.last_end = now
             self.record_value(max(LOWEST_US, min(HIGHEST_US, int((now - intended) * 1e6))))
+            return True
+        return False
 
     def fail(self, kind: str, intended: list[float], *, counted: bool = False) -> None:
         """Count failed round trips (``intended`` times of the requests in flight).
@@ -223,6 +235,8 @@ class TcpChannel(Channel, asyncio.Protocol):
         self.received = 0  # bytes echoed on this connection so far
         self.sent = 0
         self.failure: str | None = None
+        self.instance: str | None = None  # --identify: who serves this connection
+        self.preamble = bytearray()  # --identify: the identity line while it arrives
 
     # -- the connection -------------------------------------------------------------------
 
@@ -239,6 +253,8 @@ class TcpChannel(Channel, asyncio.Protocol):
             self.expected.clear()
             self.in_flight.clear()
             self.received = self.sent = 0
+            self.instance = None
+            self.preamble.clear()
             try:
                 await asyncio.wait_for(
                     run.loop.create_connection(
@@ -266,6 +282,19 @@ class TcpChannel(Channel, asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        proxy = self.run.spec.proxy
+        if proxy is not None:  # the header goes first, with this connection's real addresses
+            local, remote = (
+                transport.get_extra_info("sockname"),
+                transport.get_extra_info("peername"),
+            )
+            self.transport.write(
+                encode_proxy(
+                    cast(ProxyVersion, proxy),
+                    (str(local[0]), int(local[1])),
+                    (str(remote[0]), int(remote[1])),
+                )
+            )
 
     def start(self) -> None:
         if self.run.spec.rate:
@@ -317,6 +346,10 @@ class TcpChannel(Channel, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.failure is not None:
             return
+        if self.run.spec.identify and self.instance is None:
+            data = self.identity_received(data)
+            if not data:
+                return
         if not self.expected.startswith(data):
             self.abort("mismatch")
             return
@@ -328,11 +361,29 @@ class TcpChannel(Channel, asyncio.Protocol):
             now = run.loop.time()
             while in_flight and in_flight[0][2] <= self.received:
                 intended, _sent, _end = in_flight.popleft()
-                run.complete(intended, now)
+                if run.complete(intended, now) and self.instance is not None:
+                    run.tally.instance_round_trips[self.instance] += 1
             if not run.spec.rate:
                 self.send_next()
             elif self.next_due == float("inf") and not in_flight:
                 self.close_and_finish()
+
+    def identity_received(self, data: bytes) -> bytes:
+        """--identify: collect the identity line; what follows it (echo) is returned."""
+        self.preamble += data
+        try:
+            found = read_identity(bytes(self.preamble))
+        except IdentityError:
+            self.abort("mismatch")
+            return b""
+        if found is None:
+            return b""
+        identity, rest = found
+        self.instance = str(identity.get("instance"))
+        rest = bytes(rest)
+        self.run.tally.instance_connections[self.instance] += 1
+        self.preamble.clear()
+        return rest
 
     def eof_received(self) -> bool:
         self.abort("closed")

@@ -43,6 +43,29 @@ class BenchResult:
     errors: dict[str, int]
     histogram: HdrHistogram
     environment: dict[str, Any] = field(default_factory=dict)
+    #: ``--identify``: per instance name, its connections and measured round trips
+    instances: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def spread(self) -> dict[str, Any]:
+        """How the load balancer spread the run: per instance its counts and shares, and the
+        max/min ratio of round trips (1.0: perfectly even; inf: an instance got none)."""
+        total_connections = sum(i["connections"] for i in self.instances.values())
+        total_round_trips = sum(i["round_trips"] for i in self.instances.values())
+        rows = {
+            name: {
+                **counts,
+                "connection_share": counts["connections"] / total_connections
+                if total_connections
+                else 0.0,
+                "round_trip_share": counts["round_trips"] / total_round_trips
+                if total_round_trips
+                else 0.0,
+            }
+            for name, counts in self.instances.items()
+        }
+        trips = [i["round_trips"] for i in self.instances.values()]
+        ratio = (max(trips) / min(trips) if min(trips) else float("inf")) if trips else 0.0
+        return {"instances": rows, "max_min_ratio": ratio}
 
     @property
     def error_count(self) -> int:
@@ -92,6 +115,7 @@ class BenchResult:
             "bytes_echoed": self.bytes_echoed,
             "mb_per_s": round(self.megabytes_per_second, 6),
             "latency_us": self.latency(),
+            "instances": self.instances,
             "errors": {kind: self.errors.get(kind, 0) for kind in ERROR_KINDS},
             "error_count": self.error_count,
             "lost": self.lost,
@@ -117,6 +141,10 @@ class BenchResult:
             errors={k: int(v) for k, v in document["errors"].items() if v},
             histogram=HdrHistogram.decode(document["histogram"]),
             environment=dict(document.get("environment", {})),
+            instances={
+                str(name): {k: int(v) for k, v in counts.items()}
+                for name, counts in document.get("instances", {}).items()
+            },
         )
 
 
@@ -170,6 +198,26 @@ def print_result(result: BenchResult, console: Console) -> None:
     errors = ", ".join(f"{kind} {count:,}" for kind, count in sorted(result.errors.items()))
     table.add_row("errors", f"{result.error_count:,}", errors)
     console.print(table)
+    if result.instances:
+        print_spread(result, console)
+
+
+def print_spread(result: BenchResult, console: Console) -> None:
+    """``--identify``: connections and round trips per instance, and how even they are."""
+    spread = result.spread()
+    table = Table(box=None, pad_edge=False)
+    for heading in ("instance", "connections", "share", "round trips", "share"):
+        table.add_column(heading, justify="left" if heading == "instance" else "right")
+    for name, row in spread["instances"].items():
+        table.add_row(
+            name,
+            f"{row['connections']:,}",
+            f"{row['connection_share']:.1%}",
+            f"{row['round_trips']:,}",
+            f"{row['round_trip_share']:.1%}",
+        )
+    console.print(table)
+    console.print(f"spread: max/min round trips {spread['max_min_ratio']:.2f}", highlight=False)
 
 
 def print_comparison(results: list[tuple[str, BenchResult]], console: Console) -> None:
