@@ -31,7 +31,7 @@ from hdrh.histogram import HdrHistogram
 
 from sockecho import __version__
 from sockecho.bench.load import LoadSpec, Tally, new_histogram, run_load_blocking
-from sockecho.bench.report import BenchResult
+from sockecho.bench.report import BenchResult, ProcessLoad
 from sockecho.client import connect_error
 from sockecho.errors import ConnectError, SockechoError
 from sockecho.net import format_host_port, resolve
@@ -215,6 +215,8 @@ def tally_to_wire(tally: Tally) -> dict[str, Any]:
         "errors": dict(tally.errors),
         "first_start": tally.first_start,
         "last_end": tally.last_end,
+        "cpu_seconds": tally.cpu_seconds,
+        "wall_seconds": tally.wall_seconds,
         "instance_connections": dict(tally.instance_connections),
         "instance_round_trips": dict(tally.instance_round_trips),
     }
@@ -229,6 +231,8 @@ def tally_from_wire(wire: dict[str, Any]) -> Tally:
         errors=collections.Counter(wire["errors"]),
         first_start=wire["first_start"],
         last_end=wire["last_end"],
+        cpu_seconds=wire["cpu_seconds"],
+        wall_seconds=wire["wall_seconds"],
         instance_connections=collections.Counter(wire["instance_connections"]),
         instance_round_trips=collections.Counter(wire["instance_round_trips"]),
     )
@@ -305,6 +309,7 @@ def merge(spec: BenchSpec, tallies: list[Tally]) -> BenchResult:
         errors=dict(errors),
         histogram=histogram,
         environment=environment(spec),
+        client_cpu=[ProcessLoad(t.cpu_seconds, t.wall_seconds) for t in tallies],
         instances={
             name: {"connections": connections[name], "round_trips": round_trips_by[name]}
             for name in sorted(connections | round_trips_by)
