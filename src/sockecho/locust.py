@@ -44,10 +44,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from locust import User
-from locust.env import Environment
-from locust.event import EventHook
-from locust.exception import StopTest
+try:
+    from locust import User
+    from locust.env import Environment
+    from locust.event import EventHook
+    from locust.exception import StopTest
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "sockecho.locust needs Locust: pip install 'sockecho[locust]'", name=exc.name
+    ) from exc
 
 from sockecho.client import connect as connect_stream
 from sockecho.client import describe_difference
