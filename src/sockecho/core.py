@@ -41,6 +41,7 @@ or stall: the model carries it out). A connection without faults keeps the plain
 
 from __future__ import annotations
 
+import bisect
 import enum
 import threading
 import time
@@ -346,6 +347,19 @@ class StatsSnapshot:
     #: --fault: times each kind took effect, by name ("latency", "reset-after"...); see
     #: ServerStats.fault for what one count is.
     faults: Mapping[str, int] = field(default_factory=dict)
+    # -- what --metrics exports besides the above (sockecho.metrics) --
+    connections_rejected_source: int = 0  # of connections_rejected: over --max-per-source
+    proxy_header_failures: int = 0  # a missing, malformed, partial or oversized PROXY header
+    bytes_received: int = 0  # by closed connections and echoed datagrams
+    #: closed connections per :data:`DURATION_BUCKETS` bucket (not cumulative; last: longer)
+    duration_counts: tuple[int, ...] = field(default=(), repr=False)
+    duration_sum: float = field(default=0.0, repr=False)  # seconds, every closed connection
+
+
+#: Upper bounds in seconds of the connection-duration histogram (``--metrics``). An echo
+#: connection lives from a health check's milliseconds to a session's hours; one bucket per
+#: half decade from 5 ms to an hour keeps the export small (12 series).
+DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 
 
 class ServerStats:
@@ -366,6 +380,11 @@ class ServerStats:
         self.datagrams_dropped_rate = 0
         self.datagram_errors = 0
         self.tls_handshake_failures = 0
+        self.connections_rejected_source = 0
+        self.proxy_header_failures = 0
+        self.bytes_received = 0
+        self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
         self.datagrams_dropped_fault = 0
         self.faults_total: dict[str, int] = {}
 
@@ -376,17 +395,29 @@ class ServerStats:
             self._changed.notify_all()
 
     def closed(self, session: EchoSession, *, error: bool = False, idle: bool = False) -> None:
+        duration = session.duration()
+        bucket = bisect.bisect_left(DURATION_BUCKETS, duration)
         with self._changed:
             self.connections_active -= 1
             self.connections_closed += 1
             self.bytes_echoed += session.bytes_sent
+            self.bytes_received += session.bytes_received
+            self.duration_counts[bucket] += 1
+            self.duration_sum += duration
             self.connection_errors += error
             self.idle_closed += idle
             self._changed.notify_all()
 
-    def rejected(self) -> None:
+    def rejected(self, *, per_source: bool = False) -> None:
+        """Count a connection refused at admission (``per_source``: by --max-per-source)."""
         with self._changed:
             self.connections_rejected += 1
+            self.connections_rejected_source += per_source
+            self._changed.notify_all()
+
+    def proxy_header_failed(self) -> None:
+        with self._changed:
+            self.proxy_header_failures += 1
             self._changed.notify_all()
 
     def datagram(self, verdict: DatagramVerdict, *, size: int = 0, error: bool = False) -> None:
@@ -402,6 +433,7 @@ class ServerStats:
             else:
                 self.datagrams_echoed += 1
                 self.bytes_echoed += size
+                self.bytes_received += size
             self._changed.notify_all()
 
     def fault(self, kind: FaultKind) -> None:
@@ -436,6 +468,11 @@ class ServerStats:
                 datagrams_dropped_rate=self.datagrams_dropped_rate,
                 datagram_errors=self.datagram_errors,
                 tls_handshake_failures=self.tls_handshake_failures,
+                connections_rejected_source=self.connections_rejected_source,
+                proxy_header_failures=self.proxy_header_failures,
+                bytes_received=self.bytes_received,
+                duration_counts=tuple(self.duration_counts),
+                duration_sum=self.duration_sum,
                 datagrams_dropped_fault=self.datagrams_dropped_fault,
                 faults=dict(self.faults_total),
             )
