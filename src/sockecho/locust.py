@@ -45,7 +45,8 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 try:
-    from locust import User
+    import gevent  # type: ignore[import-untyped]  # no type information
+    from locust import User, events
     from locust.env import Environment
     from locust.event import EventHook
     from locust.exception import StopTest
@@ -284,6 +285,20 @@ class EchoClient:
         return EchoMismatch(
             f"the connection failed after {len(reply)} of {total} bytes came back: {reason}"
         )
+
+
+def refresh_event_loop_clock(**_: object) -> None:
+    """Bring gevent's clock up to date just before Locust sets the ``-t`` timer.
+
+    libev reads the time only when its loop runs, and Locust's loop first runs after all of
+    its start-up (imports, the locustfile, this module): a timer set then counts from a clock
+    seconds behind, and on a slow or busy machine ``-t 4s`` ended runs after 30 ms. Locust
+    fires ``init`` right before it sets the timer.
+    """
+    gevent.get_hub().loop.update_now()
+
+
+events.init.add_listener(refresh_event_loop_clock)  # type: ignore[no-untyped-call]
 
 
 class EchoUser(User):
