@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import json
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -52,6 +52,7 @@ from sockecho.errors import ConfigError, OutputError, SockechoError
 from sockecho.logs import LOG_FORMATS
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+from sockecho.stop_signals import StopSignals
 
 #: Signals that stop ``serve`` (gracefully; the second one at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backlog",
         type=backlog_size,
         default=DEFAULT_BACKLOG,
-        help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
+        help="connections the kernel queues before accept(); Linux caps it at "
+        f"net.core.somaxconn (default: socket.SOMAXCONN = {DEFAULT_BACKLOG})",
     )
     serve.add_argument(
         "--idle-timeout",
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_server_arguments(serve)
     add_operations_arguments(serve)
     add_verbosity_arguments(serve)
+    add_flaw_argument(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
     send = commands.add_parser(
@@ -187,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tls_client_arguments(send)
     add_trace_argument(send)
+    send.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        default=None,
+        help="send a PROXY protocol header first, with this connection's real addresses "
+        "(for a server started with --proxy-protocol)",
+    )
+    send.add_argument(
+        "--identify",
+        action="store_true",
+        help="expect the server's --identify line first: print it to stderr, check the echo "
+        "after it",
+    )
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
 
@@ -194,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         help="list the server models and where their source lives",
         description="The server designs, in teaching order, each with the file to read it in.",
+    )
+    models.add_argument(
+        "--flaws",
+        action="store_true",
+        help="list the deliberately broken servers of 'serve --flaw' instead",
     )
     models.set_defaults(run=run_models, parser=models)
     add_check_parser(commands)
@@ -340,6 +361,8 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.flaw:
+        return run_flaw(args)
     try:
         config = ServerConfig(
             model=args.model,
@@ -369,17 +392,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
-    # The main thread's events: a signal number, or None once the serving thread has ended.
-    # A signal handler only records the signal (SimpleQueue.put is reentrant): it runs between
-    # two bytecodes of the main thread, which may be in the middle of a write to stderr or
-    # hold a lock, so logging or stopping from the handler itself could interleave or deadlock.
-    events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        events.put(signum)
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
-    try:
+    # The main thread only waits: for a stop signal (whatever thread the kernel delivered it
+    # to, see stop_signals.py) or the end of the serving thread. Logging and stopping happen
+    # here, not in a signal handler, which runs between two bytecodes of a thread that may be
+    # in the middle of a write to stderr or hold a lock.
+    with StopSignals(STOP_SIGNALS) as stop_signals:
         for endpoint in server.start():
             # One write, not print()'s two: the serving thread (its log, --trace) writes to
             # stderr too, and must not land between the line and its newline. A reader that
@@ -394,17 +411,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
         def report_end() -> None:
             server.stopped.wait()
-            events.put(None)
+            stop_signals.ended()
 
         threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
-        while (received := events.get()) is not None:  # get() lets the signal handlers run
+        while (received := stop_signals.wait()) is not None:
             name = signal.Signals(received).name
             log.info("%s: stopping", name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
-    finally:  # main() is a function: the caller's handlers come back, whatever happened
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     snapshot = server.snapshot()
     totals = {
         "connections": snapshot.connections_accepted,
@@ -438,6 +452,8 @@ def summarize(snapshot: StatsSnapshot) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.flaws:
+        return run_flaw_list()
     width = max(len(name) for name in MODELS) + len(" (default)")
     for name, cls in MODELS.items():
         label = f"{name} (default)" if name == DEFAULT_MODEL else name
@@ -459,11 +475,22 @@ def run_send(args: argparse.Namespace) -> int:
     socket_class = tracer.socket_class() if tracer else socket.socket
     if sys.stdout is None or (not args.message and sys.stdin is None):
         raise SockechoError("standard input or output is closed", "run it with both open")
+    if args.proxy and context is not None:
+        args.parser.error("--proxy cannot be combined with TLS yet")
+    operations: dict[str, Any] = {"proxy": args.proxy}
+    if args.identify:
+        operations["on_identity"] = print_identity
     if args.message:
         # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
         message = os.fsencode(" ".join(args.message)) + b"\n"
         reply = client.echo(
-            message, args.host, args.port, timeout, tls=context, socket_class=socket_class
+            message,
+            args.host,
+            args.port,
+            timeout,
+            tls=context,
+            socket_class=socket_class,
+            **operations,
         )
         try:
             sys.stdout.buffer.write(reply)
@@ -481,8 +508,16 @@ def run_send(args: argparse.Namespace) -> int:
             timeout,
             tls=context,
             socket_class=socket_class,
+            **operations,
         )
     return ExitCode.OK
+
+
+def print_identity(identity: dict[str, Any]) -> None:
+    """``send --identify``: the server's identity line, as it came, on stderr."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(json.dumps(identity, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
 
 
 # --- sockecho check -------------------------------------------------------------------
@@ -604,6 +639,66 @@ def run_check(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return ExitCode.FAILURE if report.failed else ExitCode.OK
+
+
+# --- sockecho serve --flaw, sockecho models --flaws ------------------------------------
+
+
+def add_flaw_argument(parser: argparse.ArgumentParser) -> None:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415 - loads only with the CLI
+
+    parser.add_argument(
+        "--flaw",
+        choices=list(FLAWS),
+        metavar="NAME",
+        help="serve a deliberately broken echo instead (only --host and --port apply); "
+        "'sockecho models --flaws' lists them and the check case that catches each",
+    )
+
+
+def run_flaw(args: argparse.Namespace) -> int:
+    """Serve a flawed server in this thread until SIGINT/SIGTERM (or until it stops itself,
+    as the handout's does)."""
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+    from sockecho.net import endpoint_url  # noqa: PLC0415
+
+    flaw = FLAWS[args.flaw]
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"warning: --flaw {flaw.name} serves a deliberately broken echo\n")
+        sys.stderr.flush()
+    sock = flaw.open_socket(args.host, args.port)  # BindError: one line, exit 1
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # The flaws are a dozen lines of blocking code each, like the exercises they copy:
+        # stopping them the way Ctrl-C stops a student's script keeps them that simple.
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        with contextlib.suppress(OSError, ValueError):
+            scheme = "udp" if flaw.udp else "tcp"
+            sys.stderr.write(READY_LINE.format(endpoint=endpoint_url(scheme, sock)) + "\n")
+            sys.stderr.flush()
+        flaw.serve(sock)
+        log.info("the flawed server stopped by itself")
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sock.close()
+    return ExitCode.OK
+
+
+def run_flaw_list() -> int:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+
+    width = max(len(name) for name in FLAWS)
+    for name, flaw in FLAWS.items():
+        print(f"{name:<{width}}  {flaw.bug}")
+        print(f"{'':<{width}}  caught by: sockecho check --case {flaw.caught_by}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(flaw.module)}")
+    return ExitCode.OK
 
 
 # ---------------------------------------------------------------------------------------

@@ -71,8 +71,9 @@ from typing import Any, cast
 
 from sockecho import net
 from sockecho.config import ServerConfig
-from sockecho.core import EchoSession
+from sockecho.core import EchoSession, ProxyHeaderError, SourceLimitReached
 from sockecho.errors import ConfigError
+from sockecho.identity import IDENTIFY_REQUEST
 from sockecho.servers.base import (
     ACCEPT_CAPACITY_ERRNOS,
     EchoServer,
@@ -159,6 +160,77 @@ class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
             self.server.connection_lost(self, exc)
 
 
+class PreambleEchoProtocol(EchoProtocol):
+    """:class:`EchoProtocol` for a connection with a preamble: a PROXY header to read first
+    (``--proxy-protocol``, never echoed, under its deadline) and an identity line to send
+    before the echo (``--identify``). Plain connections keep the plain protocol, whose
+    ``buffer_updated`` pays nothing for either."""
+
+    __slots__ = ("_deadline", "error")
+
+    def __init__(self, server: AsyncioServer) -> None:
+        super().__init__(server)
+        self._deadline: asyncio.TimerHandle | None = None
+        self.error: Exception | None = None  # why the server ended it, for connection_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        session = self.session
+        if session is None:
+            return
+        if session.awaiting_header:
+            self._deadline = asyncio.get_running_loop().call_later(
+                max(0.0, session.header_deadline - time.monotonic()), self._header_timed_out
+            )
+        else:
+            self._start_echo(b"")
+
+    def buffer_updated(self, nbytes: int) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None
+        assert transport is not None
+        if not session.awaiting_header:
+            super().buffer_updated(nbytes)
+            return
+        try:
+            first = self.server.header_received(session, self.server.read_buffer[:nbytes])
+        except (ProxyHeaderError, SourceLimitReached) as exc:
+            self.error = exc
+            transport.abort()
+            return
+        if first is not None:
+            self._start_echo(first)
+
+    def _start_echo(self, first: bytes) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None
+        assert transport is not None
+        if self._deadline is not None:
+            self._deadline.cancel()
+        line = self.server.identity(session, socket_of(self))
+        if line:
+            transport.write(line)
+        if first:
+            transport.write(first)
+            session.echoed(len(first))
+
+    def eof_received(self) -> bool:
+        if self.session is not None and self.session.awaiting_header:
+            self.error = ProxyHeaderError("the connection closed before a complete PROXY header")
+        return False
+
+    def _header_timed_out(self) -> None:
+        if self.session is not None and self.session.awaiting_header and self.transport:
+            self.error = self.server.header_timeout()
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.session is not None:
+            self.server.connection_lost(self, self.error or exc)
+
+
 class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
     """One TLS connection: decrypt what arrives, echo it encrypted, on the plain transport."""
 
@@ -201,6 +273,9 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
                     return
                 if self._deadline is not None:
                     self._deadline.cancel()
+                line = self.server.identity(session, socket_of(self), tls.ssl_object)
+                if line:
+                    tls.write(line)
             while data := tls.read(self._read_size):
                 tls.write(data)
                 session.echoed(len(data))
@@ -230,7 +305,7 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
             self.server.connection_lost(self, self.error or exc)
 
 
-#: What the loop holds per connection: the plain protocol or the TLS one.
+#: What the loop holds per connection: the plain protocol (with a preamble or not) or the TLS one.
 AnyEchoProtocol = EchoProtocol | TLSEchoProtocol
 
 
@@ -263,6 +338,8 @@ class EchoDatagramProtocol(asyncio.DatagramProtocol):
             self.server.datagram_echoed(len(data), BlockingIOError("udp send buffer full"))
             return
         self._send_error = None
+        if data == IDENTIFY_REQUEST:
+            data = self.server.datagram_identity(self.sock, addr, data)
         if data:
             transport.sendto(data, addr)  # a failure to send now is reported in error_received
         else:
@@ -333,6 +410,8 @@ class AsyncioServer(EchoServer):
     def _new_protocol(self) -> AnyEchoProtocol:
         if self.tls_context is not None:
             return TLSEchoProtocol(self, self.tls_context)
+        if self.config.proxy_protocol is not None or self.config.identify is not None:
+            return PreambleEchoProtocol(self)
         return EchoProtocol(self)
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -91,7 +91,9 @@ class ReadinessModel(EchoServer):
         connection is closed at once and the error goes to the caller.
         """
         interval = sweep_interval(
-            self.config.idle_timeout, self.config.tls_handshake_timeout if self.tls_context else 0
+            self.config.idle_timeout,
+            self.config.tls_handshake_timeout if self.tls_context else 0,
+            self.config.proxy_header_timeout if self.config.proxy_protocol else 0,
         )
         next_sweep = time.monotonic() + interval
         drain_until: float | None = None
@@ -157,7 +159,10 @@ class ReadinessModel(EchoServer):
             conn.setblocking(False)
             if self.tls_context is None:
                 self.sessions[conn] = session
-                self.watch_or_drop(conn, session)
+                if self.config.identify is not None and not session.awaiting_header:
+                    self.start_echo(conn, session)
+                else:
+                    self.watch_or_drop(conn, session)
             else:
                 self.start_tls(conn, session)
 
@@ -174,6 +179,9 @@ class ReadinessModel(EchoServer):
         """
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
+            return
+        if session.awaiting_header:  # the preamble bypasses the fast path: nothing is echoed
+            self.read_header(conn, session)
             return
         while True:
             try:
@@ -202,6 +210,31 @@ class ReadinessModel(EchoServer):
             session.data_received(data)
         else:  # b'': the client shut down its sending side (under TLS: or closed it)
             session.eof_received()
+        self.on_writable(conn, session)
+
+    def read_header(self, conn: socket.socket, session: EchoSession) -> None:
+        """``--proxy-protocol``: recv() into the PROXY header parser, never echoed. Once the
+        header is complete the echo starts (:meth:`start_echo`) with what followed it. A bad
+        header raises, and :meth:`on_ready` closes this connection."""
+        try:
+            data = conn.recv(self.config.read_size)
+        except TRY_AGAIN:
+            return
+        except OSError as exc:
+            self.drop(conn, session, exc)
+            return
+        first = self.header_received(session, data)
+        if first is not None:
+            self.start_echo(conn, session, first)
+
+    def start_echo(self, conn: socket.socket, session: EchoSession, first: bytes = b"") -> None:
+        """The preamble is over: queue the ``--identify`` line, then ``first`` (the client's
+        bytes after its PROXY header), and send what fits."""
+        line = self.identity(session, conn, conn if isinstance(conn, ssl.SSLSocket) else None)
+        if line:
+            session.send_first(line)
+        if first:
+            session.data_received(first)
         self.on_writable(conn, session)
 
     # -- 5. keep the rest, send it when the socket is writable --------------------------------
@@ -328,6 +361,9 @@ class ReadinessModel(EchoServer):
             return
         else:
             del self.handshakes[conn]
+            line = self.identity(session, conn, conn)
+            if line:
+                session.send_first(line)
         self.watch_or_drop(conn, session)  # echo interest now, or the handshake's next step
 
     # -- the sweep --------------------------------------------------------------------------
@@ -340,6 +376,10 @@ class ReadinessModel(EchoServer):
                 self.stats.tls_handshake_failed()
                 timeout = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
                 self.drop(conn, self.sessions[conn], timeout)
+        if self.config.proxy_protocol is not None:
+            for conn, session in list(self.sessions.items()):
+                if session.header_overdue(now):
+                    self.drop(conn, session, self.header_timeout())
         for conn in idle_connections(self.sessions, lambda conn: conn):
             self.drop(conn, self.sessions[conn], idle=True)
 
