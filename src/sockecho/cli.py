@@ -21,7 +21,7 @@ import textwrap
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from sockecho import __version__, bench, client, faults, ping, tls
 from sockecho.arguments import (
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The server designs, in teaching order, each with the file to read it in.",
     )
     models.set_defaults(run=run_models, parser=models)
+    add_check_parser(commands)
 
     bench.add_parser(commands)
     ping.add_parser(commands)
@@ -472,6 +473,130 @@ def run_send(args: argparse.Namespace) -> int:
             socket_class=socket_class,
         )
     return ExitCode.OK
+
+
+# --- sockecho check -------------------------------------------------------------------
+
+CHECK_EXAMPLES = """\
+examples:
+  sockecho check 127.0.0.1:7007              every TCP case against a server
+  sockecho check --udp 127.0.0.1:7007        its UDP echo instead
+  sockecho check --tls --insecure host:7007  the TCP cases over TLS, and the handshake
+  sockecho check --case tcp.close host       one section (or --case ID for one case)
+  sockecho check --junit check.xml host      also write JUnit XML for CI
+  sockecho check --list                      the cases and what each requires
+
+Exit status: 0 when no case FAILED, 1 when one did or the server cannot be
+reached, 2 for usage errors. docs/check.md explains every case.
+"""
+
+
+def add_check_parser(commands: Any) -> None:
+    from sockecho.check import DEFAULT_TIMEOUT  # noqa: PLC0415 - loads only with the CLI
+
+    check = commands.add_parser(
+        "check",
+        help="check that a server really echoes (RFC 862 conformance cases)",
+        description="Run conformance cases against any echo server and report, per case, "
+        "PASSED, FAILED (with Expected / Actual), NON-STRICT, INFORMATIONAL or SKIPPED.",
+        epilog=CHECK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("target", nargs="?", metavar="HOST[:PORT]", help="the server (port 50010)")
+    check.add_argument("--udp", action="store_true", help="check the UDP echo instead of TCP")
+    add_tls_client_arguments(check)
+    check.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run this case, or every case of this section (repeatable; default: all)",
+    )
+    check.add_argument(
+        "--list", action="store_true", help="list the cases and their requirements, then exit"
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="add the SHOULD-level cases a plain server may lack"
+    )
+    check.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"each case's deadline (default: {DEFAULT_TIMEOUT:g})",
+    )
+    check.add_argument(
+        "--seed",
+        type=seed_number,
+        metavar="N",
+        help="replay the random choices of the run that printed this seed",
+    )
+    check.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML")
+    check.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    group = check.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
+    group.add_argument("-v", "--verbose", action="store_true", help="each case's requirement too")
+    check.set_defaults(run=run_check, parser=check)
+
+
+def seed_number(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (0 to 2**32 - 1)")
+    return int(text)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from sockecho.check import CASES, cases, json_report, junit, runner  # noqa: PLC0415
+    from sockecho.check.terminal import TerminalView, render_list  # noqa: PLC0415
+
+    parser: argparse.ArgumentParser = args.parser
+    use_tls = bool(args.tls or args.tls_ca or args.insecure)
+    try:
+        if args.list:
+            listed = [
+                case
+                for case in CASES.values()
+                if not args.case or any(cases.matches(case, chosen) for chosen in args.case)
+            ]
+            render_list(listed, sys.stdout)
+            return ExitCode.OK
+        if args.target is None:
+            parser.error("the server's HOST[:PORT] is missing")
+        host, port = ping.parse_target(args.target)
+        cases.select(args.case, udp=args.udp, tls=use_tls, strict=args.strict)
+        if args.udp and use_tls:
+            raise ConfigError("--udp and --tls do not go together", "TLS runs over TCP only")
+        context = None
+        if use_tls:
+            context = tls.client_context(
+                ClientTLSConfig(ca_file=args.tls_ca, insecure=args.insecure)
+            )
+    except ConfigError as exc:
+        parser.error(str(exc))
+    view = TerminalView(sys.stdout, quiet=args.quiet, verbose=args.verbose)
+    report = runner.run_check(
+        host,
+        port,
+        udp=args.udp,
+        tls=context,
+        cases=args.case,
+        strict=args.strict,
+        timeout=args.timeout,
+        seed=args.seed,
+        on_start=view.start,
+        on_result=view.case,
+    )
+    view.finish(report)
+    for path, write in ((args.junit, junit.write_junit), (args.json, json_report.write_json)):
+        if path:
+            try:
+                write(report, path)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return ExitCode.FAILURE if report.failed else ExitCode.OK
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:

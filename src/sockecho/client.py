@@ -96,6 +96,20 @@ def after(timeout: float | None) -> str:
     return f" after {timeout:g} s" if timeout else ""
 
 
+def connect_error(exc: OSError, where: str, timeout: float | None) -> ConnectError:
+    """The one line that says why a TCP connect to ``where`` (``host:port``) failed: refused
+    (nothing listens), timed out, or the kernel's reason. Every client of the package
+    (``send``, ``bench``) says it the same way."""
+    if isinstance(exc, TimeoutError):
+        return ConnectError(
+            f"timed out connecting to {where}{after(timeout)}", "is the host reachable?"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"connection refused by {where}", "is a server running?")
+    reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+    return ConnectError(f"cannot connect to {where}: {reason}")
+
+
 def connect_tcp(
     host: str, port: int, timeout: float | None, socket_class: type[socket.socket] = socket.socket
 ) -> socket.socket:
@@ -107,15 +121,8 @@ def connect_tcp(
         sock.settimeout(timeout)
         try:
             sock.connect(sockaddr)
-        except TimeoutError:
-            last = ConnectError(
-                f"timed out connecting to {where}{after(timeout)}", "is the host reachable?"
-            )
-        except ConnectionRefusedError:
-            last = ConnectError(f"connection refused by {where}", "is a server running?")
         except OSError as exc:
-            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-            last = ConnectError(f"cannot connect to {where}: {reason}")
+            last = connect_error(exc, where, timeout)
         else:
             set_nodelay(sock)
             return sock

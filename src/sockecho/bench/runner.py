@@ -32,6 +32,7 @@ from hdrh.histogram import HdrHistogram
 from sockecho import __version__
 from sockecho.bench.load import LoadSpec, Tally, new_histogram, run_load_blocking
 from sockecho.bench.report import BenchResult
+from sockecho.client import connect_error
 from sockecho.errors import ConnectError, SockechoError
 from sockecho.net import format_host_port, resolve
 
@@ -121,15 +122,12 @@ def check_reachable(spec: BenchSpec, address: str) -> None:
     """Fail at once, with a clear line, when nothing listens (TCP), instead of a run of errors."""
     if spec.udp:
         return
+    timeout = spec.effective_timeout
     try:
-        with socket.create_connection((address, spec.port), timeout=spec.effective_timeout):
+        with socket.create_connection((address, spec.port), timeout=timeout):
             pass
-    except ConnectionRefusedError:
-        where = format_host_port(address, spec.port)
-        raise ConnectError(f"connection refused by {where}", "is a server running?") from None
     except OSError as exc:
-        where = format_host_port(address, spec.port)
-        raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        raise connect_error(exc, format_host_port(address, spec.port), timeout) from None
 
 
 def first_reachable(spec: BenchSpec) -> str:

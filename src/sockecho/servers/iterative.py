@@ -54,7 +54,7 @@ Lifecycle::
 
 from __future__ import annotations
 
-from sockecho.servers.base import BlockingModel
+from sockecho.servers.blocking import BlockingModel
 
 
 class IterativeServer(BlockingModel):
