@@ -265,7 +265,6 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--fault",
         action="append",
-        default=[],
         metavar="SPEC",
         help=f"misbehave on the echo path, repeatable: {forms} (MS milliseconds, "
         "KBPS kilobytes/s, P a probability 0-1; drop, duplicate, reorder and corrupt are "
@@ -360,7 +359,7 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
             loop=args.loop,
-            faults=tuple(args.fault),
+            faults=tuple(args.fault or ()),
             fault_probability=args.fault_probability,
             seed=args.seed,
         )

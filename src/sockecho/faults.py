@@ -96,6 +96,10 @@ class FaultKind(enum.Enum):
 
 
 UDP_FAULTS = frozenset({FaultKind.DROP, FaultKind.DUPLICATE, FaultKind.REORDER, FaultKind.CORRUPT})
+#: The faults that shape a whole connection (counted once each, when it is accepted).
+SHAPING_FAULTS = frozenset(
+    {FaultKind.LATENCY, FaultKind.BANDWIDTH, FaultKind.SLICER, FaultKind.READ_BANDWIDTH}
+)
 #: The faults that act once a number of bytes has been echoed, in the order they win a tie.
 AFTER_BYTES_FAULTS = (FaultKind.RESET_AFTER, FaultKind.LIMIT_DATA, FaultKind.STALL_AFTER)
 
@@ -259,11 +263,13 @@ class FaultPlan:
         "_stamps",
         "after_bytes",
         "close_delay",
+        "faults",
         "kinds",
     )
 
     def __init__(self, faults: dict[FaultKind, Fault], rng: random.Random) -> None:
         self.kinds = tuple(faults)
+        self.faults = tuple(faults.values())
         self._random = rng
         self._latency = faults.get(FaultKind.LATENCY)
         bandwidth = faults.get(FaultKind.BANDWIDTH)
