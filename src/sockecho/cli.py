@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -23,7 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from sockecho import __version__, bench, client, faults, ping, tls
+from sockecho import __version__, bench, client, faults, logs, ping, tls
 from sockecho.arguments import (
     ExitCode,
     add_address_arguments,
@@ -42,14 +41,17 @@ from sockecho.config import (
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     DEFAULT_UDP_RATE,
     EVENT_LOOPS,
+    PROXY_VERSIONS,
     UDP_BURST_SECONDS,
     ClientTLSConfig,
     ServerConfig,
 )
 from sockecho.core import StatsSnapshot
 from sockecho.errors import ConfigError, OutputError, SockechoError
+from sockecho.logs import LOG_FORMATS
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+from sockecho.stop_signals import StopSignals
 
 #: Signals that stop ``serve`` (gracefully; the second one at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backlog",
         type=backlog_size,
         default=DEFAULT_BACKLOG,
-        help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
+        help="connections the kernel queues before accept(); Linux caps it at "
+        f"net.core.somaxconn (default: socket.SOMAXCONN = {DEFAULT_BACKLOG})",
     )
     serve.add_argument(
         "--idle-timeout",
@@ -159,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_udp_arguments(serve)
     add_tls_server_arguments(serve)
     add_fault_arguments(serve)
+    add_operations_arguments(serve)
     add_verbosity_arguments(serve)
+    add_flaw_argument(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
     send = commands.add_parser(
@@ -192,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         help="list the server models and where their source lives",
         description="The server designs, in teaching order, each with the file to read it in.",
+    )
+    models.add_argument(
+        "--flaws",
+        action="store_true",
+        help="list the deliberately broken servers of 'serve --flaw' instead",
     )
     models.set_defaults(run=run_models, parser=models)
     add_check_parser(commands)
@@ -302,6 +312,39 @@ def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
+    """serve's options for running behind load balancers and monitoring (docs/operations.md)."""
+    group = parser.add_argument_group("operations (docs/operations.md)")
+    group.add_argument(
+        "--proxy-protocol",
+        choices=PROXY_VERSIONS,
+        default=None,
+        help="every TCP client must start with a PROXY protocol header of this version "
+        "(haproxy send-proxy: v1, send-proxy-v2: v2); its client address is used in logs, "
+        "--max-per-source and --identify",
+    )
+    group.add_argument(
+        "--identify",
+        metavar="NAME",
+        default=None,
+        help="send each TCP connection a JSON line naming this instance before the echo; "
+        "UDP answers the datagram 'sockecho-identify' with it",
+    )
+    group.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics and /healthz "
+        "(the sockecho[metrics] extra)",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text (default) or one JSON object per event",
+    )
+
+
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -333,7 +376,7 @@ def configure_logging(args: argparse.Namespace) -> None:
     elif getattr(args, "verbose", False):
         level = logging.DEBUG
     handler = StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logs.formatter(getattr(args, "log_format", "text")))
     root = logging.getLogger("sockecho")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -341,6 +384,8 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.flaw:
+        return run_flaw(args)
     try:
         config = ServerConfig(
             model=args.model,
@@ -362,6 +407,9 @@ def run_serve(args: argparse.Namespace) -> int:
             faults=tuple(args.fault or ()),
             fault_probability=args.fault_probability,
             seed=args.seed,
+            proxy_protocol=args.proxy_protocol,
+            identify=args.identify,
+            metrics=args.metrics,
         )
         if args.trace and config.loop != "asyncio":
             raise ConfigError(f"--trace cannot narrate --loop {config.loop}", "drop one of them")
@@ -370,17 +418,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
-    # The main thread's events: a signal number, or None once the serving thread has ended.
-    # A signal handler only records the signal (SimpleQueue.put is reentrant): it runs between
-    # two bytecodes of the main thread, which may be in the middle of a write to stderr or
-    # hold a lock, so logging or stopping from the handler itself could interleave or deadlock.
-    events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        events.put(signum)
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
-    try:
+    # The main thread only waits: for a stop signal (whatever thread the kernel delivered it
+    # to, see stop_signals.py) or the end of the serving thread. Logging and stopping happen
+    # here, not in a signal handler, which runs between two bytecodes of a thread that may be
+    # in the middle of a write to stderr or hold a lock.
+    with StopSignals(STOP_SIGNALS) as stop_signals:
         for endpoint in server.start():
             # One write, not print()'s two: the serving thread (its log, --trace) writes to
             # stderr too, and must not land between the line and its newline. A reader that
@@ -388,20 +430,29 @@ def run_serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
                 sys.stderr.flush()
+        if server.metrics_url is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"metrics on {server.metrics_url}\n")
+                sys.stderr.flush()
 
         def report_end() -> None:
             server.stopped.wait()
-            events.put(None)
+            stop_signals.ended()
 
         threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
-        while (received := events.get()) is not None:  # get() lets the signal handlers run
-            log.info("%s: stopping", signal.Signals(received).name)
+        while (received := stop_signals.wait()) is not None:
+            name = signal.Signals(received).name
+            log.info("%s: stopping", name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
-    finally:  # main() is a function: the caller's handlers come back, whatever happened
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    log.info("stopped: %s", summarize(server.snapshot()))
+    snapshot = server.snapshot()
+    totals = {
+        "connections": snapshot.connections_accepted,
+        "bytes": snapshot.bytes_echoed,
+        "rejected": snapshot.connections_rejected,
+        "datagrams": snapshot.datagrams_echoed,
+    }
+    log.info("stopped: %s", summarize(snapshot), extra=logs.event("stop", **totals))
     return ExitCode.OK
 
 
@@ -427,6 +478,8 @@ def summarize(snapshot: StatsSnapshot) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.flaws:
+        return run_flaw_list()
     width = max(len(name) for name in MODELS) + len(" (default)")
     for name, cls in MODELS.items():
         label = f"{name} (default)" if name == DEFAULT_MODEL else name
@@ -593,6 +646,66 @@ def run_check(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return ExitCode.FAILURE if report.failed else ExitCode.OK
+
+
+# --- sockecho serve --flaw, sockecho models --flaws ------------------------------------
+
+
+def add_flaw_argument(parser: argparse.ArgumentParser) -> None:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415 - loads only with the CLI
+
+    parser.add_argument(
+        "--flaw",
+        choices=list(FLAWS),
+        metavar="NAME",
+        help="serve a deliberately broken echo instead (only --host and --port apply); "
+        "'sockecho models --flaws' lists them and the check case that catches each",
+    )
+
+
+def run_flaw(args: argparse.Namespace) -> int:
+    """Serve a flawed server in this thread until SIGINT/SIGTERM (or until it stops itself,
+    as the handout's does)."""
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+    from sockecho.net import endpoint_url  # noqa: PLC0415
+
+    flaw = FLAWS[args.flaw]
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"warning: --flaw {flaw.name} serves a deliberately broken echo\n")
+        sys.stderr.flush()
+    sock = flaw.open_socket(args.host, args.port)  # BindError: one line, exit 1
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # The flaws are a dozen lines of blocking code each, like the exercises they copy:
+        # stopping them the way Ctrl-C stops a student's script keeps them that simple.
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        with contextlib.suppress(OSError, ValueError):
+            scheme = "udp" if flaw.udp else "tcp"
+            sys.stderr.write(READY_LINE.format(endpoint=endpoint_url(scheme, sock)) + "\n")
+            sys.stderr.flush()
+        flaw.serve(sock)
+        log.info("the flawed server stopped by itself")
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sock.close()
+    return ExitCode.OK
+
+
+def run_flaw_list() -> int:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+
+    width = max(len(name) for name in FLAWS)
+    for name, flaw in FLAWS.items():
+        print(f"{name:<{width}}  {flaw.bug}")
+        print(f"{'':<{width}}  caught by: sockecho check --case {flaw.caught_by}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(flaw.module)}")
+    return ExitCode.OK
 
 
 # ---------------------------------------------------------------------------------------

@@ -60,9 +60,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from sockecho import config
+
 #: What ``--proxy-protocol`` accepts.
 ProxyVersions = Literal["v1", "v2", "any"]
-PROXY_VERSIONS: Final = ("v1", "v2", "any")
+PROXY_VERSIONS: Final = config.PROXY_VERSIONS
 
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX: Final = b"PROXY "

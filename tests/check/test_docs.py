@@ -23,3 +23,12 @@ def test_check_md_explains_every_section() -> None:
     text = CHECK_DOC.read_text()
     for section in {case.rpartition(".")[0] for case in CASES}:
         assert f"**`{section}" in text, f"docs/check.md says nothing about {section}"
+
+
+def test_check_md_lists_every_flaw_with_its_case() -> None:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+
+    text = CHECK_DOC.read_text()
+    for name, flaw in FLAWS.items():
+        assert f"| `{name}` |" in text
+        assert f"| `{flaw.caught_by}` |" in text

@@ -80,9 +80,16 @@ from typing import Any, cast
 
 from sockecho import net
 from sockecho.config import ServerConfig
-from sockecho.core import EchoSession, FaultedSession, SessionState
+from sockecho.core import (
+    EchoSession,
+    FaultedSession,
+    ProxyHeaderError,
+    SessionState,
+    SourceLimitReached,
+)
 from sockecho.errors import ConfigError
 from sockecho.faults import REORDER_HOLD, DatagramFaults, FaultKind
+from sockecho.identity import IDENTIFY_REQUEST
 from sockecho.servers.base import (
     ACCEPT_CAPACITY_ERRNOS,
     EchoServer,
@@ -169,6 +176,77 @@ class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
             self.server.connection_lost(self, exc)
 
 
+class PreambleEchoProtocol(EchoProtocol):
+    """:class:`EchoProtocol` for a connection with a preamble: a PROXY header to read first
+    (``--proxy-protocol``, never echoed, under its deadline) and an identity line to send
+    before the echo (``--identify``). Plain connections keep the plain protocol, whose
+    ``buffer_updated`` pays nothing for either."""
+
+    __slots__ = ("_deadline", "error")
+
+    def __init__(self, server: AsyncioServer) -> None:
+        super().__init__(server)
+        self._deadline: asyncio.TimerHandle | None = None
+        self.error: Exception | None = None  # why the server ended it, for connection_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        session = self.session
+        if session is None:
+            return
+        if session.awaiting_header:
+            self._deadline = asyncio.get_running_loop().call_later(
+                max(0.0, session.header_deadline - time.monotonic()), self._header_timed_out
+            )
+        else:
+            self._start_echo(b"")
+
+    def buffer_updated(self, nbytes: int) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None
+        assert transport is not None
+        if not session.awaiting_header:
+            super().buffer_updated(nbytes)
+            return
+        try:
+            first = self.server.header_received(session, self.server.read_buffer[:nbytes])
+        except (ProxyHeaderError, SourceLimitReached) as exc:
+            self.error = exc
+            transport.abort()
+            return
+        if first is not None:
+            self._start_echo(first)
+
+    def _start_echo(self, first: bytes) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None
+        assert transport is not None
+        if self._deadline is not None:
+            self._deadline.cancel()
+        line = self.server.identity(session, socket_of(self))
+        if line:
+            transport.write(line)
+        if first:
+            transport.write(first)
+            session.echoed(len(first))
+
+    def eof_received(self) -> bool:
+        if self.session is not None and self.session.awaiting_header:
+            self.error = ProxyHeaderError("the connection closed before a complete PROXY header")
+        return False
+
+    def _header_timed_out(self) -> None:
+        if self.session is not None and self.session.awaiting_header and self.transport:
+            self.error = self.server.header_timeout()
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.session is not None:
+            self.server.connection_lost(self, self.error or exc)
+
+
 class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
     """One TLS connection: decrypt what arrives, echo it encrypted, on the plain transport."""
 
@@ -211,6 +289,9 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
                     return
                 if self._deadline is not None:
                     self._deadline.cancel()
+                line = self.server.identity(session, socket_of(self), tls.ssl_object)
+                if line:
+                    tls.write(line)
             while data := tls.read(self._read_size):
                 tls.write(data)
                 session.echoed(len(data))
@@ -254,6 +335,7 @@ class FaultedEchoProtocol(asyncio.BufferedProtocol):
         self.server = server
         self.session: EchoSession | None = None
         self.transport: asyncio.Transport | None = None
+        self.error: Exception | None = None  # why the server ended it, for connection_lost
         self._buffer = memoryview(bytearray(server.config.read_size))
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
@@ -264,8 +346,23 @@ class FaultedEchoProtocol(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
-        if self.session is not None:
-            self._advance()  # a fault after 0 bytes fires now
+        if self.session is None:
+            return
+        if self.session.awaiting_header:  # --proxy-protocol: the header first, under its deadline
+            self._set_timer(self.session.header_deadline)
+        else:
+            self._start_echo(b"")  # a fault after 0 bytes fires now
+
+    def _start_echo(self, first: bytes) -> None:
+        """The preamble is over: the ``--identify`` line, then ``first``, as the faults allow."""
+        session = self.session
+        assert session is not None
+        line = self.server.identity(session, socket_of(self))
+        if line:
+            session.send_first(line)
+        if first:
+            session.data_received(first)
+        self._advance()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         session = self.session
@@ -275,15 +372,34 @@ class FaultedEchoProtocol(asyncio.BufferedProtocol):
         return self._buffer[:size]
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self.session is not None
-        self.session.data_received(self._buffer[:nbytes])
+        session = self.session
+        assert session is not None
+        if session.awaiting_header:
+            try:
+                first = self.server.header_received(session, self._buffer[:nbytes])
+            except (ProxyHeaderError, SourceLimitReached) as exc:
+                self._abort(exc)
+                return
+            if first is not None:
+                self._start_echo(first)
+            return
+        session.data_received(self._buffer[:nbytes])
         self._advance()
 
     def eof_received(self) -> bool:
-        assert self.session is not None
-        self.session.eof_received()
+        session = self.session
+        assert session is not None
+        if session.awaiting_header:
+            self.error = ProxyHeaderError("the connection closed before a complete PROXY header")
+            return False
+        session.eof_received()
         self._advance()
         return True  # the session says when to close (after the echo, and any slow-close)
+
+    def _abort(self, error: Exception) -> None:
+        self.error = error
+        if self.transport is not None:
+            self.transport.abort()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -338,16 +454,22 @@ class FaultedEchoProtocol(asyncio.BufferedProtocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        session = self.session
+        if session is not None and session.awaiting_header:
+            if session.header_overdue():
+                self._abort(self.server.header_timeout())
+            return
         self._advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if self.session is not None:
-            self.server.connection_lost(self, exc)
+            self.server.connection_lost(self, self.error or exc)
 
 
-#: What the loop holds per connection: the plain protocol, the TLS one or the faulted one.
+#: What the loop holds per connection: the plain protocol (with a preamble or not), the TLS
+#: one or the faulted one.
 AnyEchoProtocol = EchoProtocol | TLSEchoProtocol | FaultedEchoProtocol
 
 
@@ -382,6 +504,8 @@ class EchoDatagramProtocol(asyncio.DatagramProtocol):
         if buffered > self.server.config.high_water:
             self.server.datagram_echoed(len(data), BlockingIOError("udp send buffer full"))
             return
+        if data == IDENTIFY_REQUEST:
+            data = self.server.datagram_identity(self.sock, addr, data)
         if self.faults is not None:
             self._echo_faulted(data, addr, self.faults)
             return
@@ -490,6 +614,8 @@ class AsyncioServer(EchoServer):
             return TLSEchoProtocol(self, self.tls_context)
         if self.faults.connection_faults:
             return FaultedEchoProtocol(self)
+        if self.config.proxy_protocol is not None or self.config.identify is not None:
+            return PreambleEchoProtocol(self)
         return EchoProtocol(self)
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -218,6 +218,15 @@ class BlockingModel(EchoServer):
                 conn, error = self.tls_accept(conn)
                 if error is not None:
                     return
+            first = self.read_header(conn, session) if session.awaiting_header else b""
+            line = self.identity(session, conn, conn if isinstance(conn, ssl.SSLSocket) else None)
+            if line:
+                conn.sendall(line)
+            if first and session.faulted:
+                session.data_received(first)  # echoed as the faults allow, below
+            elif first:
+                conn.sendall(first)
+                session.echoed(len(first))
             if self.idle_by_sweep:  # the socket that echoes (after TLS) is the one swept
                 self._sessions[conn] = session
                 conn.settimeout(None)
@@ -289,6 +298,23 @@ class BlockingModel(EchoServer):
                     if ended:
                         return
                     time.sleep(STALL_LOOK_INTERVAL)
+
+    def read_header(self, conn: socket.socket, session: EchoSession) -> bytes:
+        """``--proxy-protocol``: read the PROXY header (never echoed) under its deadline; the
+        client's bytes after it. Raises ProxyHeaderError (bad, late or missing header) or
+        SourceLimitReached, which end this connection."""
+        while True:
+            remaining = session.header_deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.header_timeout()
+            conn.settimeout(remaining)
+            try:
+                data = conn.recv(self.config.read_size)
+            except TimeoutError:
+                raise self.header_timeout() from None
+            first = self.header_received(session, data)
+            if first is not None:
+                return first
 
     def sweep_idle_connections(self) -> None:
         """Shut down every connection idle past the limit; its thread then ends as an idle

@@ -108,7 +108,9 @@ class ReadinessModel(EchoServer):
         connection is closed at once and the error goes to the caller.
         """
         interval = sweep_interval(
-            self.config.idle_timeout, self.config.tls_handshake_timeout if self.tls_context else 0
+            self.config.idle_timeout,
+            self.config.tls_handshake_timeout if self.tls_context else 0,
+            self.config.proxy_header_timeout if self.config.proxy_protocol else 0,
         )
         next_sweep = time.monotonic() + interval
         drain_until: float | None = None
@@ -176,7 +178,9 @@ class ReadinessModel(EchoServer):
             conn.setblocking(False)
             if self.tls_context is None:
                 self.sessions[conn] = session
-                if session.faulted:
+                if self.config.identify is not None and not session.awaiting_header:
+                    self.start_echo(conn, session)
+                elif session.faulted:
                     self.faulted_step(conn, cast(FaultedSession, session))  # may fire at 0 bytes
                 else:
                     self.watch_or_drop(conn, session)
@@ -197,8 +201,8 @@ class ReadinessModel(EchoServer):
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
             return
-        if session.faulted:  # the slow path: the faults decide what goes when
-            self.faulted_readable(conn, cast(FaultedSession, session))
+        if session.faulted or session.awaiting_header:  # no fast path for these
+            self.read_slowly(conn, session)
             return
         while True:
             try:
@@ -227,6 +231,31 @@ class ReadinessModel(EchoServer):
             session.data_received(data)
         else:  # b'': the client shut down its sending side (under TLS: or closed it)
             session.eof_received()
+        self.on_writable(conn, session)
+
+    def read_header(self, conn: socket.socket, session: EchoSession) -> None:
+        """``--proxy-protocol``: recv() into the PROXY header parser, never echoed. Once the
+        header is complete the echo starts (:meth:`start_echo`) with what followed it. A bad
+        header raises, and :meth:`on_ready` closes this connection."""
+        try:
+            data = conn.recv(self.config.read_size)
+        except TRY_AGAIN:
+            return
+        except OSError as exc:
+            self.drop(conn, session, exc)
+            return
+        first = self.header_received(session, data)
+        if first is not None:
+            self.start_echo(conn, session, first)
+
+    def start_echo(self, conn: socket.socket, session: EchoSession, first: bytes = b"") -> None:
+        """The preamble is over: queue the ``--identify`` line, then ``first`` (the client's
+        bytes after its PROXY header), and send what fits."""
+        line = self.identity(session, conn, conn if isinstance(conn, ssl.SSLSocket) else None)
+        if line:
+            session.send_first(line)
+        if first:
+            session.data_received(first)
         self.on_writable(conn, session)
 
     # -- 5. keep the rest, send it when the socket is writable --------------------------------
@@ -349,6 +378,14 @@ class ReadinessModel(EchoServer):
                 del self._timer_due[key]
                 callback()
 
+    def read_slowly(self, conn: socket.socket, session: EchoSession) -> None:
+        """The reads that bypass the fast path: a PROXY header (the preamble: nothing is
+        echoed) or a connection with faults (they decide what goes when)."""
+        if session.awaiting_header:
+            self.read_header(conn, session)
+        else:
+            self.faulted_readable(conn, cast(FaultedSession, session))
+
     def faulted_readable(self, conn: socket.socket, session: FaultedSession) -> None:
         """recv() what the faults allow (read-bandwidth) into the session; then
         :meth:`faulted_step`."""
@@ -447,6 +484,9 @@ class ReadinessModel(EchoServer):
             return
         else:
             del self.handshakes[conn]
+            line = self.identity(session, conn, conn)
+            if line:
+                session.send_first(line)
         self.watch_or_drop(conn, session)  # echo interest now, or the handshake's next step
 
     # -- the sweep --------------------------------------------------------------------------
@@ -459,6 +499,10 @@ class ReadinessModel(EchoServer):
                 self.stats.tls_handshake_failed()
                 timeout = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
                 self.drop(conn, self.sessions[conn], timeout)
+        if self.config.proxy_protocol is not None:
+            for conn, session in list(self.sessions.items()):
+                if session.header_overdue(now):
+                    self.drop(conn, session, self.header_timeout())
         for conn in idle_connections(self.sessions, lambda conn: conn):
             self.drop(conn, self.sessions[conn], idle=True)
 
