@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import socket
+import statistics
 import struct
 import threading
 import time
@@ -71,7 +72,10 @@ def test_latency_shows_in_ping_rtt(fault_model: str) -> None:
         out = io.StringIO()
         stats = ping(*srv.address, count=3, interval=0.0, timeout=WAIT, out=out)
         assert stats.received == 3, out.getvalue()
-        assert all(0.16 <= rtt <= 0.24 for rtt in stats.rtts), stats.rtts
+        # Never early; late only by the machine's load: the median, not every probe, is held
+        # to +20% (a loaded 2-core machine can delay one wake-up by tens of ms).
+        assert min(stats.rtts) >= 0.16, stats.rtts
+        assert statistics.median(stats.rtts) <= 0.24, stats.rtts
         assert srv.snapshot().faults.get("latency", 0) >= 1
 
 
