@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import json
 import logging
 import os
 import signal
@@ -190,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tls_client_arguments(send)
     add_trace_argument(send)
+    send.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        default=None,
+        help="send a PROXY protocol header first, with this connection's real addresses "
+        "(for a server started with --proxy-protocol)",
+    )
+    send.add_argument(
+        "--identify",
+        action="store_true",
+        help="expect the server's --identify line first: print it to stderr, check the echo "
+        "after it",
+    )
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
 
@@ -501,11 +515,22 @@ def run_send(args: argparse.Namespace) -> int:
     socket_class = tracer.socket_class() if tracer else socket.socket
     if sys.stdout is None or (not args.message and sys.stdin is None):
         raise SockechoError("standard input or output is closed", "run it with both open")
+    if args.proxy and context is not None:
+        args.parser.error("--proxy cannot be combined with TLS yet")
+    operations: dict[str, Any] = {"proxy": args.proxy}
+    if args.identify:
+        operations["on_identity"] = print_identity
     if args.message:
         # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
         message = os.fsencode(" ".join(args.message)) + b"\n"
         reply = client.echo(
-            message, args.host, args.port, timeout, tls=context, socket_class=socket_class
+            message,
+            args.host,
+            args.port,
+            timeout,
+            tls=context,
+            socket_class=socket_class,
+            **operations,
         )
         try:
             sys.stdout.buffer.write(reply)
@@ -523,8 +548,16 @@ def run_send(args: argparse.Namespace) -> int:
             timeout,
             tls=context,
             socket_class=socket_class,
+            **operations,
         )
     return ExitCode.OK
+
+
+def print_identity(identity: dict[str, Any]) -> None:
+    """``send --identify``: the server's identity line, as it came, on stderr."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(json.dumps(identity, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
 
 
 # --- sockecho check -------------------------------------------------------------------
