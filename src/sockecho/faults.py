@@ -311,7 +311,7 @@ class FaultPlan:
         else:
             self._released = self._received
         if self._read_rate:
-            self._read_ready_at = max(self._read_ready_at, now) + n / self._read_rate
+            self._read_ready_at = paced(self._read_ready_at, now, n, self._read_rate)
 
     def read_allowance(self, now: float, read_size: int) -> int:
         """Bytes that may be read now, up to ``read_size`` (0: wait until :meth:`read_due`)."""
@@ -352,7 +352,7 @@ class FaultPlan:
         if not n:
             return
         if self._bandwidth:
-            self._send_ready_at = max(self._send_ready_at, now) + n / self._bandwidth
+            self._send_ready_at = paced(self._send_ready_at, now, n, self._bandwidth)
         if self._slicer is not None:
             self._slice_left -= n
             if self._slice_left <= 0:
@@ -387,6 +387,14 @@ class FaultPlan:
             return 0
         size = slicer.amount + self._random.uniform(-slicer.spread, slicer.spread)
         return max(1, round(size))
+
+
+def paced(ready_at: float, now: float, n: int, rate: float) -> float:
+    """When the next ``n``-byte step at ``rate`` bytes/s may go, after one at ``now`` that
+    was due at ``ready_at``. A step that comes late (a timer fires a little after its time)
+    is caught up on, up to one PACING_QUANTUM, so lateness does not add up over a transfer;
+    after a longer pause the pace starts afresh (no burst of saved-up credit)."""
+    return max(ready_at, now - PACING_QUANTUM) + n / rate
 
 
 @dataclass(frozen=True, slots=True)
