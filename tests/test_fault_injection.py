@@ -17,6 +17,7 @@ import statistics
 import struct
 import threading
 import time
+from unittest.mock import ANY
 
 import pytest
 
@@ -203,8 +204,13 @@ def test_faults_are_logged_at_debug(fault_model: str, caplog: pytest.LogCaptureF
     with faulty_server(fault_model, "reset-after=10") as srv, connect(srv.address) as sock:
         send_and_collect(sock, 100)
         assert srv.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
-    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert any("fault reset-after" in line and "after 10 bytes" in line for line in lines), lines
+    faults = [r for r in caplog.records if getattr(r, "sockecho_event", None) == "fault"]
+    fired = [r for r in faults if "fault reset-after" in r.getMessage()]
+    assert fired, [r.getMessage() for r in caplog.records]
+    assert fired[0].levelno == logging.DEBUG
+    assert "after 10 bytes" in fired[0].getMessage()
+    # --log-format json prints these fields (sockecho.logs)
+    assert fired[0].sockecho_fields == {"kind": "reset-after", "peer": ANY, "bytes": 10}
 
 
 # -- UDP ----------------------------------------------------------------------------------

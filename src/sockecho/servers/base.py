@@ -299,7 +299,13 @@ class EchoServer(abc.ABC):
         else:
             self.opened(session)
         if plan is not None:
-            log.debug("faults on %s: %s", session.peer, " ".join(map(str, plan.faults)))
+            specs = " ".join(map(str, plan.faults))
+            log.debug(
+                "faults on %s: %s",
+                session.peer,
+                specs,
+                extra=logs.event("fault", kind="plan", peer=session.peer, faults=specs),
+            )
             for kind in plan.kinds:
                 if kind in SHAPING_FAULTS:
                     self.stats.fault(kind)
@@ -314,7 +320,12 @@ class EchoServer(abc.ABC):
             FaultKind.SLOW_CLOSE: "closing late",
         }[kind]
         log.debug(
-            "fault %s on %s: %s after %d bytes", kind.value, session.peer, what, session.bytes_sent
+            "fault %s on %s: %s after %d bytes",
+            kind.value,
+            session.peer,
+            what,
+            session.bytes_sent,
+            extra=logs.event("fault", kind=kind.value, peer=session.peer, bytes=session.bytes_sent),
         )
         self.stats.fault(kind)
 
@@ -535,7 +546,13 @@ class EchoServer(abc.ABC):
             self.stats.fault(kind)
         if fate.kinds:
             kinds = "+".join(kind.value for kind in fate.kinds)
-            log.debug("fault %s on a datagram from %s", kinds, net.format_sockaddr(addr))
+            peer = net.format_sockaddr(addr)
+            log.debug(
+                "fault %s on a datagram from %s",
+                kinds,
+                peer,
+                extra=logs.event("fault", kind=kinds, peer=peer),
+            )
 
     def datagram_held(self, sock: socket.socket, due: float) -> None:  # noqa: B027 - a hook
         """A reordered echo waits on ``sock``: call :meth:`release_held_datagram` at ``due``
