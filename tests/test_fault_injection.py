@@ -223,8 +223,9 @@ PAYLOADS = [SEQ.pack(n) + random.Random(n).randbytes(60) for n in range(DATAGRAM
 
 
 def udp_exchange(model: str, *specs: str) -> tuple[list[bytes], Server]:
-    """Send DATAGRAMS numbered datagrams, 50 at a time, and collect the echoes until the
-    socket stays quiet (50 at a time: no buffer on the way overflows, so loss is the fault's)."""
+    """Send DATAGRAMS numbered datagrams, 50 at a time, each batch once the server has taken
+    the one before (so no buffer on the way overflows: loss is the fault's), and collect the
+    echoes until the socket stays quiet."""
     srv = faulty_server(model, *specs, udp=True, udp_rate=0)
     with srv, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect(srv.datagram_addresses[0])
@@ -232,6 +233,7 @@ def udp_exchange(model: str, *specs: str) -> tuple[list[bytes], Server]:
         for start in range(0, DATAGRAMS, 50):
             for payload in PAYLOADS[start : start + 50]:
                 sock.send(payload)
+            assert srv.stats.wait_for(lambda s, n=start + 50: s.datagrams_received >= n, WAIT)
             replies += recv_until_quiet(sock, quiet=0.05)
         replies += recv_until_quiet(sock, quiet=0.3)  # a held (reordered) echo: up to 0.1 s
         return replies, srv

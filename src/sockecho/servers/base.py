@@ -561,9 +561,13 @@ class EchoServer(abc.ABC):
     def release_held_datagram(self, sock: socket.socket) -> None:
         """Send the echo held back on ``sock`` if it is due (no echo overtook it in time)."""
         held = self.held_datagrams.get(sock)
-        if held is not None and held.due <= time.monotonic():
-            del self.held_datagrams[sock]
-            self.send_datagram(sock, held.payload, held.addr, held.copies)
+        if held is None:
+            return
+        if held.due > time.monotonic():  # a later echo was held since that timer was set
+            self.datagram_held(sock, held.due)
+            return
+        del self.held_datagrams[sock]
+        self.send_datagram(sock, held.payload, held.addr, held.copies)
 
     def send_datagram(
         self, sock: socket.socket, payload: bytes, addr: net.SockAddr, copies: int = 1
