@@ -272,11 +272,11 @@ def lost(exc: OSError) -> str:
 
 
 def describe_bytes(data: bytes) -> str:
-    """``68 6f 6c 61 ('hola')``: hex, and the text when it is printable."""
+    """``68 6f 6c 61 0d 0a (b'hola\\r\\n')``: hex, and the bytes as text when most are text."""
     if not data:
         return "nothing"
-    text = data.decode("ascii", "replace")
-    shown = f" ({text!r})" if text.isprintable() else ""
+    text = sum(32 <= byte < 127 or byte in b"\r\n\t" for byte in data)
+    shown = f" ({data!r})" if text * 4 >= len(data) * 3 else ""
     return data.hex(" ") + shown
 
 

@@ -136,7 +136,7 @@ def run_case(
         thread.join(ABANDON_GRACE)
     probe.close_all()
     duration = time.monotonic() - started
-    if not outcome:
+    if not outcome or probe.aborted:  # an aborted probe's own verdict saw closed sockets
         return result_of(
             case,
             Verdict.FAILED,
