@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import json
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from sockecho import __version__, bench, client, logs, ping, tls
+from sockecho import __version__, bench, client, faults, logs, ping, tls
 from sockecho.arguments import (
     ExitCode,
     add_address_arguments,
@@ -52,6 +52,7 @@ from sockecho.errors import ConfigError, OutputError, SockechoError
 from sockecho.logs import LOG_FORMATS
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
+from sockecho.stop_signals import StopSignals
 
 #: Signals that stop ``serve`` (gracefully; the second one at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backlog",
         type=backlog_size,
         default=DEFAULT_BACKLOG,
-        help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
+        help="connections the kernel queues before accept(); Linux caps it at "
+        f"net.core.somaxconn (default: socket.SOMAXCONN = {DEFAULT_BACKLOG})",
     )
     serve.add_argument(
         "--idle-timeout",
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_argument(serve)
     add_udp_arguments(serve)
     add_tls_server_arguments(serve)
+    add_fault_arguments(serve)
     add_operations_arguments(serve)
     add_verbosity_arguments(serve)
     add_flaw_argument(serve)
@@ -188,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tls_client_arguments(send)
     add_trace_argument(send)
+    send.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        default=None,
+        help="send a PROXY protocol header first, with this connection's real addresses "
+        "(for a server started with --proxy-protocol)",
+    )
+    send.add_argument(
+        "--identify",
+        action="store_true",
+        help="expect the server's --identify line first: print it to stderr, check the echo "
+        "after it",
+    )
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
 
@@ -255,6 +271,42 @@ def add_tls_server_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="close clients that have not completed the TLS handshake by then "
         f"(default: {DEFAULT_TLS_HANDSHAKE_TIMEOUT:g})",
+    )
+
+
+def fault_probability(text: str) -> float:
+    try:
+        return faults.parse_probability(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    forms = "; ".join(faults.FORMS.values())
+    group = parser.add_argument_group(
+        "fault injection (see docs/operations.md; models: asyncio, selectors, select, threading)"
+    )
+    group.add_argument(
+        "--fault",
+        action="append",
+        metavar="SPEC",
+        help=f"misbehave on the echo path, repeatable: {forms} (MS milliseconds, "
+        "KBPS kilobytes/s, P a probability 0-1; drop, duplicate, reorder and corrupt are "
+        "for --udp)",
+    )
+    group.add_argument(
+        "--fault-probability",
+        type=fault_probability,
+        default=1.0,
+        metavar="P",
+        help="share of connections (and datagrams) the faults apply to (default: 1)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed the fault draws so a run can be repeated (default: a fresh seed each run)",
     )
 
 
@@ -366,6 +418,9 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
             loop=args.loop,
+            faults=tuple(args.fault or ()),
+            fault_probability=args.fault_probability,
+            seed=args.seed,
             proxy_protocol=args.proxy_protocol,
             identify=args.identify,
             metrics=args.metrics,
@@ -377,17 +432,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
-    # The main thread's events: a signal number, or None once the serving thread has ended.
-    # A signal handler only records the signal (SimpleQueue.put is reentrant): it runs between
-    # two bytecodes of the main thread, which may be in the middle of a write to stderr or
-    # hold a lock, so logging or stopping from the handler itself could interleave or deadlock.
-    events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        events.put(signum)
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
-    try:
+    # The main thread only waits: for a stop signal (whatever thread the kernel delivered it
+    # to, see stop_signals.py) or the end of the serving thread. Logging and stopping happen
+    # here, not in a signal handler, which runs between two bytecodes of a thread that may be
+    # in the middle of a write to stderr or hold a lock.
+    with StopSignals(STOP_SIGNALS) as stop_signals:
         for endpoint in server.start():
             # One write, not print()'s two: the serving thread (its log, --trace) writes to
             # stderr too, and must not land between the line and its newline. A reader that
@@ -402,17 +451,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
         def report_end() -> None:
             server.stopped.wait()
-            events.put(None)
+            stop_signals.ended()
 
         threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
-        while (received := events.get()) is not None:  # get() lets the signal handlers run
+        while (received := stop_signals.wait()) is not None:
             name = signal.Signals(received).name
             log.info("%s: stopping", name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
-    finally:  # main() is a function: the caller's handlers come back, whatever happened
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     snapshot = server.snapshot()
     totals = {
         "connections": snapshot.connections_accepted,
@@ -469,11 +515,22 @@ def run_send(args: argparse.Namespace) -> int:
     socket_class = tracer.socket_class() if tracer else socket.socket
     if sys.stdout is None or (not args.message and sys.stdin is None):
         raise SockechoError("standard input or output is closed", "run it with both open")
+    if args.proxy and context is not None:
+        args.parser.error("--proxy cannot be combined with TLS yet")
+    operations: dict[str, Any] = {"proxy": args.proxy}
+    if args.identify:
+        operations["on_identity"] = print_identity
     if args.message:
         # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
         message = os.fsencode(" ".join(args.message)) + b"\n"
         reply = client.echo(
-            message, args.host, args.port, timeout, tls=context, socket_class=socket_class
+            message,
+            args.host,
+            args.port,
+            timeout,
+            tls=context,
+            socket_class=socket_class,
+            **operations,
         )
         try:
             sys.stdout.buffer.write(reply)
@@ -491,8 +548,16 @@ def run_send(args: argparse.Namespace) -> int:
             timeout,
             tls=context,
             socket_class=socket_class,
+            **operations,
         )
     return ExitCode.OK
+
+
+def print_identity(identity: dict[str, Any]) -> None:
+    """``send --identify``: the server's identity line, as it came, on stderr."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(json.dumps(identity, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
 
 
 # --- sockecho check -------------------------------------------------------------------

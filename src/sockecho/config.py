@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import socket
 from dataclasses import dataclass
 
 from sockecho.errors import ConfigError
@@ -16,8 +17,11 @@ from sockecho.faults import FaultInjector, parse_fault, parse_probability
 DEFAULT_HOST = "127.0.0.1"
 #: The port of the course's exercises (RFC 862's own port 7 needs root).
 DEFAULT_PORT = 50010
-#: Pending connections the kernel queues before accept(); Linux caps it at somaxconn (4096).
-DEFAULT_BACKLOG = 128
+#: Connections the kernel completes and queues before accept(): the C library's SOMAXCONN (4096
+#: on Linux), which the kernel caps at net.core.somaxconn anyway. A short queue drops SYNs when
+#: clients connect in a burst, and each dropped SYN costs its client a 1 s retransmission
+#: (docs/models.md, "The listen queue"); real servers ask for the maximum (Go: somaxconn).
+DEFAULT_BACKLOG = socket.SOMAXCONN
 #: Bytes asked of one recv(): large enough for bulk transfers in few calls, small enough to
 #: stay below glibc's mmap threshold (128 KiB) so a read never costs an mmap/munmap pair.
 DEFAULT_READ_SIZE = 64 * 1024
@@ -189,6 +193,11 @@ class ServerConfig:
             raise ConfigError(
                 f"unknown PROXY protocol version {self.proxy_protocol!r}",
                 f"use one of {', '.join(PROXY_VERSIONS)}",
+            )
+        if self.proxy_protocol is not None and self.tls_cert is not None:
+            raise ConfigError(
+                "--proxy-protocol cannot be combined with TLS yet",
+                "terminate TLS at the load balancer, or serve plain TCP behind it",
             )
         if not 0 < self.proxy_header_timeout <= MAX_SECONDS:
             raise ConfigError("PROXY header timeout must be more than 0 seconds")

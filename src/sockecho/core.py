@@ -51,8 +51,18 @@ from dataclasses import dataclass, field
 
 from sockecho.config import UDP_LOWEST_REPLY_PORT, ServerConfig
 from sockecho.faults import LIMIT_DATA_LINGER, FaultKind, FaultPlan
+from sockecho.proxy_protocol import Invalid, Parsed, ProxyHeader, ProxyHeaderParser, ProxyVersions
 
 Clock = Callable[[], float]
+
+
+class ProxyHeaderError(Exception):
+    """A connection did not start with a valid PROXY header (``--proxy-protocol``): the
+    model closes it like any failed connection; ``str()`` says what was wrong."""
+
+
+class SourceLimitReached(Exception):
+    """The client a PROXY header names already has ``max_per_source`` connections."""
 
 
 class SessionState(enum.Enum):
@@ -78,14 +88,21 @@ class EchoSession:
         "_low_water",
         "_out",
         "_out_start",
+        "_preamble",
+        "_preface",
         "_reading",
+        "admitted",
+        "awaiting_header",
         "bytes_received",
         "bytes_sent",
+        "header_deadline",
         "last_activity",
         "opened_at",
         "peer",
+        "proxy_header",
         "source",
         "state",
+        "via",
     )
 
     #: Whether this is a :class:`FaultedSession` (the models' one test for the slow path).
@@ -109,6 +126,17 @@ class EchoSession:
         self.opened_at = clock()
         self.last_activity = self.opened_at
         self._activity_mark = (0, 0, -1)  # bytes in, bytes out, kernel queue (-1: unread)
+        # The preamble (docs/operations.md): a PROXY header to read, an identity line to send.
+        self._preamble: ProxyHeaderParser | None = None
+        #: Whether the PROXY header is still to be read (a plain attribute: the readiness
+        #: models test it on every read, so it costs what a field costs, not a call).
+        self.awaiting_header = False
+        self._preface = 0  # bytes at the front of the output that are not echo (identity)
+        self.header_deadline = 0.0
+        self.proxy_header: ProxyHeader | None = None
+        self.via = ""  # the balancer's address when a PROXY header named the client
+        #: Logged and counted as open (a PROXY connection is, once its header is read).
+        self.admitted = False
 
     # -- bytes in, bytes out --------------------------------------------------------------
 
@@ -125,8 +153,12 @@ class EchoSession:
 
     def data_sent(self, n: int) -> None:
         """Call after writing ``n`` bytes of :meth:`data_to_send`."""
-        self.bytes_sent += n
         self._out_start += n
+        if self._preface:  # the identity line is no echo: not counted as sent
+            first = min(n, self._preface)
+            self._preface -= first
+            n -= first
+        self.bytes_sent += n
         if self._out_start == len(self._out):
             self._out.clear()  # keeps capacity: the next small echo reuses the allocation
             self._out_start = 0
@@ -205,6 +237,55 @@ class EchoSession:
         """Seconds since the connection opened."""
         return self._clock() - self.opened_at
 
+    # -- the preamble: a PROXY header to read, an identity line to send first ---------------
+
+    def expect_proxy_header(self, versions: ProxyVersions, timeout: float) -> None:
+        """Read a PROXY protocol header before any echo (``--proxy-protocol``).
+
+        Until it is complete (:attr:`awaiting_header`) the model hands every chunk it
+        reads to :meth:`header_received` instead of :meth:`data_received` (and never
+        takes its send-at-once fast path): the header is never echoed. It must be
+        complete by :attr:`header_deadline` (monotonic seconds): the model's sweep or
+        timer closes the connection then (:meth:`header_overdue`).
+        """
+        self._preamble = ProxyHeaderParser(versions)
+        self.awaiting_header = True
+        self.header_deadline = self._clock() + timeout
+
+    def header_received(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """Feed bytes read while :attr:`awaiting_header` (``b''``: the peer closed).
+
+        None: read more. Bytes: the header is complete (now in :attr:`proxy_header`);
+        they are the client's first data, to echo after anything :meth:`send_first`
+        queues. Raises :class:`ProxyHeaderError` when the connection does not start with
+        a valid header, or ended before it was complete. Memory stays bounded: the parser
+        refuses at once what cannot be a header and holds at most one header's bytes.
+        """
+        assert self._preamble is not None, "no PROXY header expected"
+        if not data:
+            raise ProxyHeaderError("the connection closed before a complete PROXY header")
+        outcome = self._preamble.feed(data)
+        if isinstance(outcome, Invalid):
+            raise ProxyHeaderError(outcome.reason)
+        if not isinstance(outcome, Parsed):
+            return None
+        self._preamble = None
+        self.awaiting_header = False
+        self.proxy_header = outcome.header
+        return outcome.rest
+
+    def header_overdue(self, now: float | None = None) -> bool:
+        """Whether the PROXY header is still incomplete at its deadline."""
+        if self._preamble is None:
+            return False
+        return (self._clock() if now is None else now) >= self.header_deadline
+
+    def send_first(self, line: bytes) -> None:
+        """Queue ``line`` (the ``--identify`` line) ahead of any pending echo. It is sent
+        like echo but not counted as echoed (:attr:`bytes_sent`)."""
+        self._out[self._out_start : self._out_start] = line
+        self._preface += len(line)
+
 
 class FaultedSession(EchoSession):
     """An :class:`EchoSession` whose echo obeys a :class:`~sockecho.faults.FaultPlan`.
@@ -254,7 +335,7 @@ class FaultedSession(EchoSession):
         """The bytes the faults let go now (may be empty while some are still held)."""
         if self.fault is not None:
             return memoryview(b"")
-        allowed = self.plan.send_allowance(self.bytes_sent, self._clock())
+        allowed = self._preface + self.plan.send_allowance(self.bytes_sent, self._clock())
         return memoryview(self._out)[self._out_start : self._out_start + allowed]
 
     def data_sent(self, n: int) -> None:
@@ -483,6 +564,19 @@ class ServerStats:
             return self._changed.wait_for(lambda: predicate(self.snapshot()), timeout)
 
 
+#: The gate's key for a connection whose client is not known yet: a PROXY connection until
+#: its header names the client, and for good when the header names none (a balancer's
+#: health check: ``LOCAL``, ``UNKNOWN``). It counts toward the global limit only.
+UNKNOWN_SOURCE = ""
+
+
+class Refusal(enum.Enum):
+    """Why :class:`ConnectionGate` refused a connection."""
+
+    LIMIT = "limit"  # max_connections reached
+    SOURCE = "source"  # the source has max_per_source connections already
+
+
 class ConnectionGate:
     """Admission control: a global connection limit and an optional per-source limit.
 
@@ -490,6 +584,12 @@ class ConnectionGate:
     the connection at once. ``release(source)`` when an admitted one closes.
     Thread-safe (the threading model admits from the accept thread and releases
     from connection threads).
+
+    With the PROXY protocol the client is known only once its header is read:
+    such a connection is admitted at accept under :data:`UNKNOWN_SOURCE` (the global
+    limit bounds connections still sending headers), then :meth:`reassign`-ed to the
+    client's address, where the per-source limit applies. Checking the source at
+    accept would key every connection on the balancer's address.
     """
 
     def __init__(self, max_connections: int, max_per_source: int = 0) -> None:
@@ -500,24 +600,49 @@ class ConnectionGate:
         self._per_source: dict[str, int] = {}
 
     def admit(self, source: str) -> bool:
+        return self.try_admit(source) is None
+
+    def try_admit(self, source: str) -> Refusal | None:
+        """Admit a connection from ``source`` (None), or say why not."""
         with self._lock:
             if self._total >= self.max_connections:
-                return False
+                return Refusal.LIMIT
             count = self._per_source.get(source, 0)
-            if self.max_per_source and count >= self.max_per_source:
-                return False
+            if self._over_source_limit(source, count):
+                return Refusal.SOURCE
             self._total += 1
             self._per_source[source] = count + 1
+            return None
+
+    def reassign(self, old: str, new: str) -> bool:
+        """Move one admitted connection from source ``old`` to ``new``; False (and nothing
+        moved) when ``new`` is at its per-source limit."""
+        with self._lock:
+            count = self._per_source.get(new, 0)
+            if self._over_source_limit(new, count):
+                return False
+            self._forget_one(old)
+            self._per_source[new] = count + 1
             return True
 
     def release(self, source: str) -> None:
         with self._lock:
             self._total -= 1
-            left = self._per_source[source] - 1
-            if left:
-                self._per_source[source] = left
-            else:
-                del self._per_source[source]
+            self._forget_one(source)
+
+    def _over_source_limit(self, source: str, count: int) -> bool:
+        return (
+            bool(self.max_per_source)
+            and source != UNKNOWN_SOURCE
+            and (count >= self.max_per_source)
+        )
+
+    def _forget_one(self, source: str) -> None:
+        left = self._per_source[source] - 1
+        if left:
+            self._per_source[source] = left
+        else:
+            del self._per_source[source]
 
 
 class RateLimitedNotice:

@@ -28,6 +28,7 @@ import re
 import socket
 import ssl
 import threading
+from typing import Any
 
 from sockecho.config import ClientTLSConfig, ServerConfig
 from sockecho.errors import TLSSetupError
@@ -55,7 +56,28 @@ def server_context(config: ServerConfig) -> ssl.SSLContext | None:
             f"{describe_ssl_error(exc)}",
             "both must be PEM files and the key must belong to the certificate",
         ) from None
+    context.sni_callback = _remember_server_name
     return context
+
+
+def _remember_server_name(conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+    """The SNI a client asked for, kept on its SSL object for ``--identify`` (the server side
+    of the ssl module offers no other way to read it back)."""
+    with contextlib.suppress(AttributeError):
+        conn.sockecho_server_name = server_name
+
+
+def describe_session(conn: ssl.SSLSocket | ssl.SSLObject) -> dict[str, Any]:
+    """What ``--identify`` says about a TLS connection after its handshake."""
+    cert: dict[str, Any] = dict(conn.getpeercert() or {})
+    rdns: tuple[tuple[tuple[str, str], ...], ...] = cert.get("subject", ())
+    subject = ", ".join(f"{key}={value}" for rdn in rdns for key, value in rdn) or None
+    return {
+        "sni": getattr(conn, "sockecho_server_name", None),
+        "alpn": conn.selected_alpn_protocol(),
+        "version": conn.version(),
+        "client_cert": subject,
+    }
 
 
 def client_context(config: ClientTLSConfig) -> ssl.SSLContext:
@@ -168,6 +190,11 @@ class TLSBuffers:
     @property
     def version(self) -> str | None:
         return self._tls.version()
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The SSL object itself (its ALPN, SNI and certificates for ``--identify``)."""
+        return self._tls
 
 
 class DuplexTLS:

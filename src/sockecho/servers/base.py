@@ -54,6 +54,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import json
 import logging
 import select
 import selectors
@@ -63,20 +64,34 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
-from sockecho import net, tls
+from sockecho import logs, net, tls
 from sockecho.config import ServerConfig
 from sockecho.core import (
+    UNKNOWN_SOURCE,
     ConnectionGate,
     DatagramPolicy,
     DatagramVerdict,
     EchoSession,
+    FaultedSession,
+    ProxyHeaderError,
     RateLimitedNotice,
+    Refusal,
     ServerStats,
     SessionState,
+    SourceLimitReached,
 )
-from sockecho.errors import BindError
+from sockecho.errors import BindError, ConfigError
+from sockecho.faults import (
+    REORDER_HOLD,
+    SHAPING_FAULTS,
+    DatagramFate,
+    DatagramFaults,
+    FaultKind,
+)
+from sockecho.identity import IDENTIFY_REQUEST, identity_line, identity_object
+from sockecho.proxy_protocol import ProxyVersions
 
 #: accept() errors that mean "out of a resource", not "this client is bad": the listener
 #: stays, the model backs off for ACCEPT_BACKOFF seconds and tries again (as trio, asyncio
@@ -89,8 +104,9 @@ PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, Time
 #: Datagrams echoed per readiness event at most, so a UDP flood cannot starve TCP clients
 #: of the loop (the rest wait in the socket's receive buffer for the next turn).
 DATAGRAM_BATCH = 64
-#: Attempts at finding a port free for both TCP and UDP when the kernel picks it (port 0):
-#: the TCP port it gives may be taken for UDP by an unrelated socket.
+#: Attempts at finding a port free on every address of the host, for TCP and UDP, when the
+#: kernel picks it (port 0): it picks for the first address only, and the number may be taken
+#: on another one (``localhost``: 127.0.0.1 and ::1) or for UDP by an unrelated socket.
 PORT_ATTEMPTS = 8
 
 log = logging.getLogger("sockecho.server")
@@ -148,6 +164,10 @@ class EchoServer(abc.ABC):
     summary: ClassVar[str]
     #: Hard ceiling on concurrent connections this design can hold (None: only memory).
     connection_ceiling: ClassVar[int | None] = None
+    #: Whether this design can obey ``--fault`` (delays and pacing need timers).
+    supports_faults: ClassVar[bool] = True
+    #: Why it cannot, when it cannot: the usage error says it.
+    faults_refusal: ClassVar[str] = ""
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         self.config = config
@@ -168,6 +188,16 @@ class EchoServer(abc.ABC):
             DatagramVerdict.LOW_PORT: RateLimitedNotice(),
             DatagramVerdict.RATE_LIMITED: RateLimitedNotice(),
         }
+        self.faults = config.fault_injector()
+        if self.faults.faults and not self.supports_faults:
+            raise ConfigError(
+                f"the {self.name} model cannot inject faults: {self.faults_refusal}",
+                "use --model asyncio, selectors, select or threading",
+            )
+        #: UDP faults, per UDP socket (see open()); empty without them
+        self.datagram_faults: dict[socket.socket, DatagramFaults] = {}
+        #: reorder: the echo held back on each UDP socket until the next one overtakes it
+        self.held_datagrams: dict[socket.socket, HeldDatagram] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -178,20 +208,25 @@ class EchoServer(abc.ABC):
         and their ``udp://`` URLs come after the ``tcp://`` ones.
         """
         for attempt in range(PORT_ATTEMPTS):
-            self.listeners = net.open_listeners(
-                self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
-            )
-            if not self.config.udp:
-                break
             try:
-                self.datagram_sockets = net.open_datagram_sockets(
-                    self.config.host, self.listeners[0].getsockname()[1], self.calls.socket_class
+                self.listeners = net.open_listeners(
+                    self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
                 )
+                if self.config.udp:
+                    self.datagram_sockets = net.open_datagram_sockets(
+                        self.config.host,
+                        self.listeners[0].getsockname()[1],
+                        self.calls.socket_class,
+                    )
                 break
             except BindError:
                 self.close_listeners()
                 if self.config.port or attempt == PORT_ATTEMPTS - 1:
                     raise  # a port the user chose: tell them; a picked one: try another
+        for sock in self.datagram_sockets:
+            faults = self.faults.datagram_faults()
+            if faults is not None:
+                self.datagram_faults[sock] = faults
         scheme = "tls" if self.tls_context is not None else "tcp"
         return [net.endpoint_url(scheme, sock) for sock in self.listeners] + [
             net.endpoint_url("udp", sock) for sock in self.datagram_sockets
@@ -234,27 +269,54 @@ class EchoServer(abc.ABC):
 
     def admit(self, addr: net.SockAddr) -> EchoSession | None:
         """Decide about a freshly accepted client at ``addr``: a session to serve, or None
-        when a limit is reached or the server is stopping (then close the socket at once)."""
+        when a limit is reached or the server is stopping (then close the socket at once).
+
+        With ``proxy_protocol`` the session first awaits its header (see
+        :meth:`header_received`): only the global limit applies now, the per-source
+        limit once the header names the client (:class:`~sockecho.core.ConnectionGate`).
+        """
         source = net.source_of(addr)
+        peer = net.format_sockaddr(addr)
         if self.stopping:
             self.stats.rejected()
-            log.debug("refused %s: the server is stopping", net.format_sockaddr(addr))
+            log.debug("refused %s: the server is stopping", peer)
             return None
-        if not self.gate.admit(source):
-            folded = self._rejections.note()
-            if folded:
-                log.warning(
-                    "rejected %d connection(s): limit reached (%d connections, %s per source)",
-                    folded,
-                    self.gate.max_connections,
-                    self.gate.max_per_source or "no limit",
-                )
-            self.stats.rejected()  # after the log line, as in release()
+        proxied = self.config.proxy_protocol is not None
+        refusal = self.gate.try_admit(UNKNOWN_SOURCE if proxied else source)
+        if refusal is not None:
+            self.rejected(peer, refusal)
             return None
-        session = EchoSession(self.config, net.format_sockaddr(addr), source)
-        log.info("open %s", session.peer)
-        self.stats.opened()
+        plan = self.faults.plan_connection()
+        session_source = UNKNOWN_SOURCE if proxied else source
+        session: EchoSession
+        if plan is None:
+            session = EchoSession(self.config, peer, session_source)
+        else:
+            session = FaultedSession(self.config, peer, session_source, plan)
+        if proxied:
+            versions = cast(ProxyVersions, self.config.proxy_protocol)
+            session.expect_proxy_header(versions, self.config.proxy_header_timeout)
+        else:
+            self.opened(session)
+        if plan is not None:
+            log.debug("faults on %s: %s", session.peer, " ".join(map(str, plan.faults)))
+            for kind in plan.kinds:
+                if kind in SHAPING_FAULTS:
+                    self.stats.fault(kind)
         return session
+
+    def fault_fired(self, session: EchoSession, kind: FaultKind) -> None:
+        """Count and log a fault a model carried out (reset, limit, stall, slow close)."""
+        what = {
+            FaultKind.RESET_AFTER: "reset (RST)",
+            FaultKind.LIMIT_DATA: "closed its side (FIN), discarding input,",
+            FaultKind.STALL_AFTER: "stalled",
+            FaultKind.SLOW_CLOSE: "closing late",
+        }[kind]
+        log.debug(
+            "fault %s on %s: %s after %d bytes", kind.value, session.peer, what, session.bytes_sent
+        )
+        self.stats.fault(kind)
 
     def admit_socket(self, conn: socket.socket, addr: net.SockAddr) -> EchoSession | None:
         """:meth:`admit` for a socket the model accepted itself; closes it when refused."""
@@ -265,6 +327,87 @@ class EchoServer(abc.ABC):
             net.set_nodelay(conn)
         return session
 
+    def rejected(self, peer: str, refusal: Refusal) -> None:
+        """Count and (rate-limited) log a connection refused by a limit."""
+        folded = self._rejections.note()
+        if folded:
+            log.warning(
+                "rejected %d connection(s): limit reached (%d connections, %s per source)",
+                folded,
+                self.gate.max_connections,
+                self.gate.max_per_source or "no limit",
+                extra=logs.event("rejected", peer=peer, reason=refusal.value, count=folded),
+            )
+        self.stats.rejected(per_source=refusal is Refusal.SOURCE)  # after the log line
+
+    def opened(self, session: EchoSession) -> None:
+        """Log and count ``session`` as open (at accept, or once its PROXY header is read)."""
+        session.admitted = True
+        via = f" via {session.via}" if session.via else ""
+        log.info(
+            "open %s%s",
+            session.peer,
+            via,
+            extra=logs.event("open", peer=session.peer, via=session.via or None),
+        )
+        self.stats.opened()
+
+    def header_received(
+        self, session: EchoSession, data: bytes | bytearray | memoryview
+    ) -> bytes | None:
+        """Bytes read while ``session.awaiting_header`` (``b''``: the client closed).
+
+        None: read more. Bytes: the header is complete and the connection open
+        (logged, counted, under its client's per-source limit); they are the client's
+        first data: write :meth:`identity` (if any), then echo them. Raises
+        :class:`~sockecho.core.ProxyHeaderError` (not a valid header) or
+        :class:`~sockecho.core.SourceLimitReached`: close the connection and
+        :meth:`release` it with that error, as with any other.
+        """
+        rest = session.header_received(data)
+        if rest is None:
+            return None
+        header = session.proxy_header
+        assert header is not None
+        client = header.describe()["source"]
+        if header.source is not None and client is not None:  # the header names the client
+            client_source = net.source_of(header.source)
+            if not self.gate.reassign(UNKNOWN_SOURCE, client_source):
+                raise SourceLimitReached(client)
+            session.source = client_source
+            session.via = session.peer
+            session.peer = client
+        self.opened(session)
+        return rest
+
+    def header_timeout(self) -> ProxyHeaderError:
+        """The error that closes a connection whose PROXY header is late."""
+        return ProxyHeaderError(
+            f"no complete PROXY header within {self.config.proxy_header_timeout:g} s"
+        )
+
+    def identity(self, session: EchoSession, sock: Any, tls_object: Any = None) -> bytes:
+        """The ``--identify`` line for ``session`` on ``sock`` (b'' without ``identify``).
+
+        ``sock`` answers ``getsockname()`` (a socket, or an asyncio transport's
+        ``get_extra_info``); ``tls_object`` is the connection's SSLSocket/SSLObject.
+        Write it after the TLS handshake and the PROXY header, before any echo.
+        """
+        if self.config.identify is None:
+            return b""
+        try:
+            local = net.format_sockaddr(sock.getsockname())
+        except OSError:
+            local = None
+        header = session.proxy_header
+        return identity_line(
+            self.config.identify,
+            peer=session.peer,
+            local=local,
+            proxy=header.describe() if header is not None else None,
+            tls_info=tls.describe_session(tls_object) if tls_object is not None else None,
+        )
+
     def release(
         self, session: EchoSession, error: BaseException | None = None, *, idle: bool = False
     ) -> None:
@@ -273,24 +416,53 @@ class EchoServer(abc.ABC):
             return
         session.close()
         self.gate.release(session.source)
+        if not session.admitted:  # a PROXY connection that never got past its header
+            self.header_failed(session, error)
+            return
         # A client that speaks something other than TLS to a TLS port is its own problem.
         unexpected = error is not None and not isinstance(error, (*PEER_GONE, ssl.SSLError))
-        why = " (idle timeout)" if idle else ""
+        reason = "idle timeout" if idle else "closed"
         if error is not None:
-            why = f" ({describe_error(error)})"
+            reason = describe_error(error)
         log.log(
             logging.WARNING if unexpected else logging.INFO,
             "close %s: echoed %d bytes in %.3f s%s",
             session.peer,
             session.bytes_sent,
             session.duration(),
-            why,
+            "" if reason == "closed" else f" ({reason})",
+            extra=logs.event(
+                "close",
+                peer=session.peer,
+                bytes=session.bytes_sent,
+                duration=round(session.duration(), 6),
+                reason=reason,
+            ),
         )
         if unexpected:  # not a network event: a bug of ours or of a library; -v shows where
             log.debug("the error that closed %s:", session.peer, exc_info=error)
         # Counted after it is logged: whoever waits on the counters (stats.wait_for) then
         # finds the line too.
         self.stats.closed(session, error=error is not None, idle=idle)
+
+    def header_failed(self, session: EchoSession, error: BaseException | None) -> None:
+        """A PROXY connection closed before it was open: one line saying why, counted."""
+        if isinstance(error, SourceLimitReached):
+            self.rejected(str(error), Refusal.SOURCE)
+            return
+        if isinstance(error, ProxyHeaderError):
+            why = str(error)
+        elif error is not None:
+            why = f"{describe_error(error)} before a complete PROXY header"
+        else:
+            why = "closed before a complete PROXY header"
+        log.warning(
+            "proxy header from %s: %s",
+            session.peer,
+            why,
+            extra=logs.event("proxy_failed", peer=session.peer, reason=why),
+        )
+        self.stats.proxy_header_failed()
 
     def accept_failed(self, exc: OSError) -> bool:
         """Handle an accept() error. True: a capacity error, back off before accepting again."""
@@ -326,12 +498,67 @@ class EchoServer(abc.ABC):
                 continue
             if not self.should_echo_datagram(addr):
                 continue
+            if data == IDENTIFY_REQUEST:
+                data = self.datagram_identity(sock, addr, data)
+            if self.datagram_faults:
+                self.echo_faulted_datagram(sock, data, addr)
+                continue
             try:
                 sock.sendto(data, addr)
             except OSError as exc:  # unreachable, or the send buffer is full: UDP may drop
                 self.datagram_echoed(len(data), exc)
             else:
                 self.datagram_echoed(len(data))
+
+    def echo_faulted_datagram(self, sock: socket.socket, data: bytes, addr: net.SockAddr) -> None:
+        """Echo ``data`` as the UDP faults decide: dropped, corrupted, sent twice, or held
+        back (reorder) until the next echo on ``sock`` has gone, or :meth:`release_held_datagram`
+        at its ``due`` time (a model with timers calls it then)."""
+        fate = self.datagram_faults[sock].fate(len(data))
+        self.datagram_fate(fate, addr)
+        if fate.drop:
+            return
+        payload = fate.apply(data)
+        overtaken = self.held_datagrams.pop(sock, None)
+        if fate.hold:
+            due = time.monotonic() + REORDER_HOLD
+            self.held_datagrams[sock] = HeldDatagram(payload, addr, fate.copies, due)
+            self.datagram_held(sock, due)
+        else:
+            self.send_datagram(sock, payload, addr, fate.copies)
+        if overtaken is not None:
+            self.send_datagram(sock, overtaken.payload, overtaken.addr, overtaken.copies)
+
+    def datagram_fate(self, fate: DatagramFate, addr: net.SockAddr) -> None:
+        """Count and log the faults drawn for a datagram from ``addr``."""
+        for kind in fate.kinds:
+            self.stats.fault(kind)
+        if fate.kinds:
+            kinds = "+".join(kind.value for kind in fate.kinds)
+            log.debug("fault %s on a datagram from %s", kinds, net.format_sockaddr(addr))
+
+    def datagram_held(self, sock: socket.socket, due: float) -> None:  # noqa: B027 - a hook
+        """A reordered echo waits on ``sock``: call :meth:`release_held_datagram` at ``due``
+        (the readiness models set a timer; the threading model's UDP thread waits until then)."""
+
+    def release_held_datagram(self, sock: socket.socket) -> None:
+        """Send the echo held back on ``sock`` if it is due (no echo overtook it in time)."""
+        held = self.held_datagrams.get(sock)
+        if held is not None and held.due <= time.monotonic():
+            del self.held_datagrams[sock]
+            self.send_datagram(sock, held.payload, held.addr, held.copies)
+
+    def send_datagram(
+        self, sock: socket.socket, payload: bytes, addr: net.SockAddr, copies: int = 1
+    ) -> None:
+        """sendto() ``copies`` times and count one echo (UDP may drop: errors are counted)."""
+        try:
+            for _ in range(copies):
+                sock.sendto(payload, addr)
+        except OSError as exc:
+            self.datagram_echoed(len(payload), exc)
+        else:
+            self.datagram_echoed(len(payload))
 
     def should_echo_datagram(self, addr: net.SockAddr) -> bool:
         """Whether a datagram from ``addr`` gets its echo; a drop is counted and logged."""
@@ -351,11 +578,33 @@ class EchoServer(abc.ABC):
             )
         return False
 
+    def datagram_identity(self, sock: Any, addr: net.SockAddr, data: bytes) -> bytes:
+        """The reply to a datagram of exactly ``sockecho-identify``: the identity object with
+        ``--identify`` (without its newline), else its plain echo."""
+        if self.config.identify is None:
+            return data
+        try:
+            local = net.format_sockaddr(sock.getsockname())
+        except OSError:
+            local = None
+        obj = identity_object(self.config.identify, peer=net.format_sockaddr(addr), local=local)
+        return json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")).encode()
+
     def datagram_echoed(self, size: int, error: OSError | None = None) -> None:
         """Count an echo of ``size`` bytes handed to the kernel, or its failure."""
         if error is not None:
             log.debug("udp sendto: %s", describe_error(error))
         self.stats.datagram(DatagramVerdict.REPLY, size=size, error=error is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDatagram:
+    """An echo the reorder fault holds back until the next one on its socket has gone."""
+
+    payload: bytes
+    addr: net.SockAddr
+    copies: int
+    due: float  # monotonic time at which it goes anyway
 
 
 def describe_error(exc: BaseException) -> str:

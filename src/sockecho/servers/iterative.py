@@ -16,7 +16,7 @@ How it waits
 
 What it costs
     Nothing per waiting client but a slot in the kernel's listen backlog
-    (``--backlog``, 128): no thread, no buffer. One ``read_size`` buffer in all.
+    (``--backlog``, 4096): no thread, no buffer. One ``read_size`` buffer in all.
 
 Where it breaks
     A second client connects at once (the kernel completes the handshake and
@@ -61,6 +61,11 @@ class IterativeServer(BlockingModel):
     name = "iterative"
     summary = "one client at a time: wait, accept(), blocking recv()/sendall() until it closes"
     echo_datagrams_while_waiting = True
+    supports_faults = False
+    faults_refusal = (
+        "it serves one client at a time, so holding one echo for a timer would hold every "
+        "other client too"
+    )
 
     def serve(self) -> None:
         try:
