@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from sockecho import __version__, bench, client, logs, ping, tls
+from sockecho import __version__, bench, client, faults, logs, ping, tls
 from sockecho.arguments import (
     ExitCode,
     add_address_arguments,
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_argument(serve)
     add_udp_arguments(serve)
     add_tls_server_arguments(serve)
+    add_fault_arguments(serve)
     add_operations_arguments(serve)
     add_verbosity_arguments(serve)
     add_flaw_argument(serve)
@@ -273,6 +274,42 @@ def add_tls_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def fault_probability(text: str) -> float:
+    try:
+        return faults.parse_probability(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    forms = "; ".join(faults.FORMS.values())
+    group = parser.add_argument_group(
+        "fault injection (see docs/operations.md; models: asyncio, selectors, select, threading)"
+    )
+    group.add_argument(
+        "--fault",
+        action="append",
+        metavar="SPEC",
+        help=f"misbehave on the echo path, repeatable: {forms} (MS milliseconds, "
+        "KBPS kilobytes/s, P a probability 0-1; drop, duplicate, reorder and corrupt are "
+        "for --udp)",
+    )
+    group.add_argument(
+        "--fault-probability",
+        type=fault_probability,
+        default=1.0,
+        metavar="P",
+        help="share of connections (and datagrams) the faults apply to (default: 1)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed the fault draws so a run can be repeated (default: a fresh seed each run)",
+    )
+
+
 def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS")
     group.add_argument("--tls", action="store_true", help="talk TLS to the server")
@@ -381,6 +418,9 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
             loop=args.loop,
+            faults=tuple(args.fault or ()),
+            fault_probability=args.fault_probability,
+            seed=args.seed,
             proxy_protocol=args.proxy_protocol,
             identify=args.identify,
             metrics=args.metrics,

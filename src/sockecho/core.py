@@ -341,7 +341,7 @@ class FaultedSession(EchoSession):
         """The bytes the faults let go now (may be empty while some are still held)."""
         if self.fault is not None:
             return memoryview(b"")
-        allowed = self.plan.send_allowance(self.bytes_sent, self._clock())
+        allowed = self._preface + self.plan.send_allowance(self.bytes_sent, self._clock())
         return memoryview(self._out)[self._out_start : self._out_start + allowed]
 
     def data_sent(self, n: int) -> None:

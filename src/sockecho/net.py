@@ -196,3 +196,13 @@ def set_nodelay(sock: socket.socket) -> None:
     """TCP_NODELAY: an echo is sent at once, not held back by Nagle (up to 40 ms stalls)."""
     with contextlib.suppress(OSError):  # not TCP (a socketpair), or the peer already left
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: SO_LINGER on, 0 seconds: close() then discards unsent data and sends a RST, not a FIN.
+RESET_LINGER = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(sock: socket.socket | Any) -> None:
+    """Make the next ``close()`` of ``sock`` a reset (RST) instead of an orderly FIN."""
+    with contextlib.suppress(OSError):  # already reset by the peer: a reset either way
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_LINGER)
