@@ -124,6 +124,9 @@ class ServerConfig:
     proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
     identify: str | None = None  # instance name: each connection first gets an identity line
     metrics: str | None = None  # "HOST:PORT" of the Prometheus endpoint
+    #: SO_REUSEPORT on every socket: several servers (``--workers``) share the port and the
+    #: kernel spreads connections (and datagrams) over them (Linux).
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
