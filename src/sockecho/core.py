@@ -274,6 +274,12 @@ class EchoSession:
         self.proxy_header = outcome.header
         return outcome.rest
 
+    @property
+    def header_bytes_wanted(self) -> int:
+        """At most how many bytes to read next while :attr:`awaiting_header`, for a model
+        that must not read past the header (TLS follows it: the SSL object reads the rest)."""
+        return self._preamble.bytes_wanted if self._preamble is not None else 0
+
     def header_overdue(self, now: float | None = None) -> bool:
         """Whether the PROXY header is still incomplete at its deadline."""
         if self._preamble is None:

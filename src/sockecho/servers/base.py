@@ -210,13 +210,18 @@ class EchoServer(abc.ABC):
         for attempt in range(PORT_ATTEMPTS):
             try:
                 self.listeners = net.open_listeners(
-                    self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
+                    self.config.host,
+                    self.config.port,
+                    self.config.backlog,
+                    self.calls.socket_class,
+                    reuse_port=self.config.reuse_port,
                 )
                 if self.config.udp:
                     self.datagram_sockets = net.open_datagram_sockets(
                         self.config.host,
                         self.listeners[0].getsockname()[1],
                         self.calls.socket_class,
+                        reuse_port=self.config.reuse_port,
                     )
                 break
             except BindError:

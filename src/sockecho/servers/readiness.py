@@ -176,8 +176,8 @@ class ReadinessModel(EchoServer):
             if session is None:
                 continue
             conn.setblocking(False)
-            if self.tls_context is None:
-                self.sessions[conn] = session
+            if self.tls_context is None or session.awaiting_header:
+                self.sessions[conn] = session  # (TLS starts after the PROXY header)
                 if self.config.identify is not None and not session.awaiting_header:
                     self.start_echo(conn, session)
                 elif session.faulted:
@@ -235,17 +235,26 @@ class ReadinessModel(EchoServer):
 
     def read_header(self, conn: socket.socket, session: EchoSession) -> None:
         """``--proxy-protocol``: recv() into the PROXY header parser, never echoed. Once the
-        header is complete the echo starts (:meth:`start_echo`) with what followed it. A bad
+        header is complete the echo starts (:meth:`start_echo`) with what followed it, or,
+        under TLS, the handshake (the header is read exactly, never past its end). A bad
         header raises, and :meth:`on_ready` closes this connection."""
+        tls_follows = self.tls_context is not None
+        size = session.header_bytes_wanted if tls_follows else self.config.read_size
         try:
-            data = conn.recv(self.config.read_size)
+            data = conn.recv(size)
         except TRY_AGAIN:
             return
         except OSError as exc:
             self.drop(conn, session, exc)
             return
         first = self.header_received(session, data)
-        if first is not None:
+        if first is None:
+            return
+        if tls_follows:  # the ClientHello is still in the kernel: the SSL object reads it
+            self.forget(conn)
+            del self.sessions[conn]
+            self.start_tls(conn, session)
+        else:
             self.start_echo(conn, session, first)
 
     def start_echo(self, conn: socket.socket, session: EchoSession, first: bytes = b"") -> None:
