@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 # Debian packages the interop tests talk to (real third-party peers), and the tools the
 # tutorials and lab sheets run (strace; ss and ip from iproute2).
-TEST_DEBS = socat ncat gcc strace iproute2
+TEST_DEBS = socat ncat gcc haproxy strace iproute2
 LINT_DIRS = $(wildcard src tests benchmarks examples)
 
 .PHONY: run dev test lint typecheck unit test-deps bench clean
@@ -33,7 +33,7 @@ dev: $(STAMP) test-deps  ## install everything (sockecho, the test tools, the De
 
 # Installs the Debian peers when possible (root); in CI missing tools fail the tests.
 test-deps: $(STAMP)
-	@missing=""; for tool in socat ncat gcc strace ss; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in socat ncat gcc haproxy strace ss; do PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing"; \
@@ -61,4 +61,4 @@ bench: $(STAMP)
 	PYTHON=$(BIN)/python benchmarks/run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

@@ -104,13 +104,17 @@ def echo_one_byte(sock: socket.socket) -> None:
         raise SystemExit("the server did not echo the byte")
 
 
-def warm_up(pid: int, address: tuple[str, int]) -> None:
+def warm_up(pid: int, address: tuple[str, int], model: str) -> None:
     """One echo, so lazily created objects exist before the first reading."""
-    threads = status_field(pid, "Threads")
     with socket.create_connection(address, timeout=WAIT) as sock:
         echo_one_byte(sock)
+        # Counted while the connection is open: a count taken before it could miss a thread
+        # the CLI starts just after its ready line, and then never be reached again.
+        threads = status_field(pid, "Threads")
+    if model != "threading":
+        return
     deadline = time.monotonic() + WAIT
-    while status_field(pid, "Threads") != threads:  # threading: wait for its thread to end
+    while status_field(pid, "Threads") >= threads:  # wait for the connection's thread to end
         if time.monotonic() > deadline:
             raise SystemExit("the warm-up connection's thread did not end")
         time.sleep(0.01)
@@ -118,7 +122,7 @@ def warm_up(pid: int, address: tuple[str, int]) -> None:
 
 def measure_idle(model: str, count: int) -> str:
     with serving(model, backlog=count + 16) as (pid, address):
-        warm_up(pid, address)
+        warm_up(pid, address, model)
         rss_before = status_field(pid, "VmRSS")
         threads_before = status_field(pid, "Threads")
         clients: list[socket.socket] = []
@@ -142,7 +146,7 @@ def measure_idle(model: str, count: int) -> str:
 
 def measure_stalled(model: str) -> str:
     with serving(model, backlog=16) as (pid, address):
-        warm_up(pid, address)
+        warm_up(pid, address, model)
         rss_before = status_field(pid, "VmRSS")
         chunk = bytes(64 * 1024)
         pushed = 0

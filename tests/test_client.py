@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from sockecho import EchoMismatch, Server, client
+from sockecho.bench import BenchSpec, run_bench
 from sockecho.errors import ConnectError, EchoTimeout, OutputError
 from tests.conftest import WAIT
 
@@ -78,6 +79,48 @@ def test_connect_refused_names_the_address() -> None:
         port = probe.getsockname()[1]
         with pytest.raises(ConnectError, match=f"connection refused by 127.0.0.1:{port}"):
             client.connect("127.0.0.1", port)
+
+
+CONNECT_FAILURES = [
+    pytest.param(
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+        "connection refused by {where} (is a server running?)",
+        id="refused",
+    ),
+    pytest.param(
+        TimeoutError("timed out"),
+        "timed out connecting to {where} after 2 s (is the host reachable?)",
+        id="timeout",
+    ),
+    pytest.param(
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        "cannot connect to {where}: No route to host",
+        id="unreachable",
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "line"), CONNECT_FAILURES)
+def test_send_and_bench_say_the_same_line_for_a_failed_connect(
+    error: OSError, line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One translation of a failed connect, used by every client (``send``, ``bench``)."""
+
+    class FailingSocket(socket.socket):
+        def connect(self, address: Any, /) -> None:
+            raise error
+
+    def failing_create_connection(*args: Any, **kwargs: Any) -> socket.socket:
+        raise error
+
+    expected = line.format(where="127.0.0.1:7")
+    with pytest.raises(ConnectError) as sent:
+        client.connect("127.0.0.1", 7, timeout=2, socket_class=FailingSocket)
+    assert str(sent.value) == expected
+    monkeypatch.setattr(socket, "create_connection", failing_create_connection)
+    with pytest.raises(ConnectError) as benched:
+        run_bench(BenchSpec(host="127.0.0.1", port=7, timeout=2))
+    assert str(benched.value) == expected
 
 
 def test_stream_pipes_a_large_input_without_deadlock(server: Server) -> None:

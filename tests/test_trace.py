@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sockecho import Server, ServerConfig
+from sockecho import Server, ServerConfig, narration
 from sockecho.client import echo
 from sockecho.servers.base import SocketCalls
 from sockecho.trace import (
@@ -356,7 +356,7 @@ def test_payload_preview_is_truncated() -> None:
 
 def test_colour_on_request_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     coloured = io.StringIO()
-    Tracer("server", coloured, color=True).returned("close(fd 4)")
+    Tracer("server", coloured, color=True).returned(narration.Call("close", ("fd 4",)))
     assert "\x1b[" in coloured.getvalue()
     assert "close(fd 4)" in coloured.getvalue()
 
@@ -366,11 +366,11 @@ def test_colour_on_request_and_never_with_no_color(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("NO_COLOR", "1")
     plain = FakeTerminal()
-    Tracer("server", plain).returned("close(fd 4)")
+    Tracer("server", plain).returned(narration.Call("close", ("fd 4",)))
     assert plain.getvalue() == "server  close(fd 4)\n"
     monkeypatch.delenv("NO_COLOR")
     terminal = FakeTerminal()
-    Tracer("server", terminal).returned("close(fd 4)")
+    Tracer("server", terminal).returned(narration.Call("close", ("fd 4",)))
     assert "\x1b[" in terminal.getvalue()
 
 
@@ -636,3 +636,29 @@ def test_folded_polls_are_reported_before_the_next_wait_and_at_close() -> None:
         ("timeout 0.00", f"fd {fd} readable"),
         ("timeout 0.00", folded.format("1 time")),  # reported when the selector closes
     ]
+
+
+def test_every_trace_line_is_worded_by_format_event(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narration has one entry point: a rewording there changes every line of a session
+    (server and client), so wording and translation live in one place."""
+    worded: list[narration.Event] = []
+    original = narration.format_event
+
+    def recording(event: narration.Event) -> tuple[str, str]:
+        worded.append(event)
+        call, tail = original(event)
+        return "WORDED " + call, tail
+
+    monkeypatch.setattr(narration, "format_event", recording)
+    out = io.StringIO()
+    config = ServerConfig(model=model, port=0, drain_timeout=1.0)
+    with Server(config, calls=traced_calls(Tracer("server", out, color=False))) as srv:
+        client_class = traced_socket_class(Tracer("client", out, color=False))
+        assert echo(b"hola\n", *srv.address, WAIT, socket_class=client_class) == b"hola\n"
+        assert srv.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(worded) > 10
+    assert all(re.match(r"^(server|client)  (\[[^\]]+\] )?WORDED ", line) for line in lines)
+    assert {"socket", "accept", "connect", "close"} <= {event.call.name for event in worded}

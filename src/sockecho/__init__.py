@@ -10,7 +10,9 @@ The public API::
 
 See :class:`Server`, :class:`ServerConfig` (and :class:`StatsSnapshot`, what
 ``srv.snapshot()`` returns), :func:`connect`, :func:`echo`, :func:`stream` and
-:data:`MODELS` (the registry of server designs). Over TLS: pass
+:data:`MODELS` (the registry of server designs); :func:`check` runs the conformance
+cases of ``sockecho check`` against any echo server and returns a :class:`CheckReport`.
+Over TLS: pass
 ``tls=sockecho.client_context(sockecho.ClientTLSConfig(ca_file=...))`` to ``echo``
 or ``stream``, and ``tls_cert=``/``tls_key=`` to the server. Every error raised on
 purpose is a :class:`SockechoError` (the tree is drawn in :mod:`sockecho.errors`).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from sockecho.check import CheckReport, check
 from sockecho.client import StreamResult, connect, echo, stream
 from sockecho.config import ClientTLSConfig, ServerConfig
 from sockecho.core import EchoSession, ServerStats, StatsSnapshot
@@ -46,6 +49,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "BindError",
+    "CheckReport",
     "ClientError",
     "ClientTLSConfig",
     "ConfigError",
@@ -65,6 +69,7 @@ __all__ = [
     "StreamResult",
     "TLSSetupError",
     "__version__",
+    "check",
     "client_context",
     "connect",
     "echo",

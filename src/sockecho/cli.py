@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import enum
 import inspect
+import json
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -22,38 +21,38 @@ import textwrap
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from sockecho import __version__, client, tls
+from sockecho import __version__, bench, client, logs, ping, tls
+from sockecho.arguments import (
+    ExitCode,
+    add_address_arguments,
+    add_trace_argument,
+    backlog_size,
+    non_negative_number,
+    positive_int,
+    positive_seconds,
+    seconds,
+    tracer_for,
+)
 from sockecho.config import (
     DEFAULT_BACKLOG,
     DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PORT,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
     DEFAULT_UDP_RATE,
     EVENT_LOOPS,
-    MAX_BACKLOG,
-    MAX_SECONDS,
+    PROXY_VERSIONS,
     UDP_BURST_SECONDS,
     ClientTLSConfig,
     ServerConfig,
 )
 from sockecho.core import StatsSnapshot
 from sockecho.errors import ConfigError, OutputError, SockechoError
+from sockecho.logs import LOG_FORMATS
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
-
-if TYPE_CHECKING:
-    from sockecho.trace import Tracer
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FAILURE = 1  # a runtime error: address in use, refused, echo mismatch...
-    USAGE = 2  # bad arguments (argparse's own code)
-
+from sockecho.stop_signals import StopSignals
 
 #: Signals that stop ``serve`` (gracefully; the second one at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -62,59 +61,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 READY_LINE = "listening on {endpoint}"
 
 log = logging.getLogger("sockecho")
-
-
-def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
-    return port
-
-
-#: The largest count any option takes (connections, requests, backlog...): a C int.
-MAX_COUNT = 2**31 - 1
-
-
-def _bounded(text: str, parse: type[int] | type[float], low: float, high: float, what: str) -> Any:
-    """Parse ``text`` as ``what`` within [low, high]; NaN and infinities are rejected."""
-    try:
-        value = parse(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if not low <= value <= high:  # NaN compares false: rejected too
-        raise argparse.ArgumentTypeError(f"{text} is out of range {low:g}-{high:g}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value: int = _bounded(text, int, 1, MAX_COUNT, "a whole number")
-    return value
-
-
-def non_negative_number(text: str) -> float:
-    value: float = _bounded(text, float, 0, float(MAX_COUNT), "a number")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    value = seconds(text)
-    if not value:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
-    return value
-
-
-def seconds(text: str) -> float:
-    """0 up to MAX_SECONDS (a year): larger values overflow the kernel's timeouts."""
-    value: float = _bounded(text, float, 0, MAX_SECONDS, "a number of seconds")
-    return value
-
-
-def backlog_size(text: str) -> int:
-    value: int = _bounded(text, int, 1, MAX_BACKLOG, "a whole number")
-    return value
 
 
 SERVE_EXAMPLES = """\
@@ -173,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backlog",
         type=backlog_size,
         default=DEFAULT_BACKLOG,
-        help=f"connections the kernel queues before accept() (default: {DEFAULT_BACKLOG})",
+        help="connections the kernel queues before accept(); Linux caps it at "
+        f"net.core.somaxconn (default: socket.SOMAXCONN = {DEFAULT_BACKLOG})",
     )
     serve.add_argument(
         "--idle-timeout",
@@ -215,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_argument(serve)
     add_udp_arguments(serve)
     add_tls_server_arguments(serve)
+    add_operations_arguments(serve)
     add_verbosity_arguments(serve)
+    add_flaw_argument(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
     send = commands.add_parser(
@@ -241,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tls_client_arguments(send)
     add_trace_argument(send)
+    send.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        default=None,
+        help="send a PROXY protocol header first, with this connection's real addresses "
+        "(for a server started with --proxy-protocol)",
+    )
+    send.add_argument(
+        "--identify",
+        action="store_true",
+        help="expect the server's --identify line first: print it to stderr, check the echo "
+        "after it",
+    )
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
 
@@ -249,45 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the server models and where their source lives",
         description="The server designs, in teaching order, each with the file to read it in.",
     )
+    models.add_argument(
+        "--flaws",
+        action="store_true",
+        help="list the deliberately broken servers of 'serve --flaw' instead",
+    )
     models.set_defaults(run=run_models, parser=models)
-
-    from sockecho import bench, ping  # noqa: PLC0415 (they import this module's helpers)
+    add_check_parser(commands)
 
     bench.add_parser(commands)
     ping.add_parser(commands)
     return parser
-
-
-def add_address_arguments(parser: argparse.ArgumentParser, *, listening: bool = False) -> None:
-    """--host and --port; ``listening`` for a server (where port 0 means "pick one")."""
-    parser.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"host name or address (default: {DEFAULT_HOST})"
-    )
-    parser.add_argument(
-        "--port",
-        type=port_number,
-        default=DEFAULT_PORT,
-        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)"
-        if listening
-        else f"the server's port (default: {DEFAULT_PORT})",
-    )
-
-
-def add_trace_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--trace",
-        action="store_true",
-        help="narrate every socket call (arguments, result, errno) on stderr",
-    )
-
-
-def tracer_for(args: argparse.Namespace, role: str) -> Tracer | None:
-    """The stderr tracer when ``--trace`` was given (the trace module loads only then)."""
-    if not getattr(args, "trace", False):
-        return None
-    from sockecho.trace import Tracer  # noqa: PLC0415 - rich loads only for --trace
-
-    return Tracer(role, sys.stderr)
 
 
 def add_udp_arguments(parser: argparse.ArgumentParser) -> None:
@@ -355,6 +289,39 @@ def add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
+    """serve's options for running behind load balancers and monitoring (docs/operations.md)."""
+    group = parser.add_argument_group("operations (docs/operations.md)")
+    group.add_argument(
+        "--proxy-protocol",
+        choices=PROXY_VERSIONS,
+        default=None,
+        help="every TCP client must start with a PROXY protocol header of this version "
+        "(haproxy send-proxy: v1, send-proxy-v2: v2); its client address is used in logs, "
+        "--max-per-source and --identify",
+    )
+    group.add_argument(
+        "--identify",
+        metavar="NAME",
+        default=None,
+        help="send each TCP connection a JSON line naming this instance before the echo; "
+        "UDP answers the datagram 'sockecho-identify' with it",
+    )
+    group.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics and /healthz "
+        "(the sockecho[metrics] extra)",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text (default) or one JSON object per event",
+    )
+
+
 def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -386,7 +353,7 @@ def configure_logging(args: argparse.Namespace) -> None:
     elif getattr(args, "verbose", False):
         level = logging.DEBUG
     handler = StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logs.formatter(getattr(args, "log_format", "text")))
     root = logging.getLogger("sockecho")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -394,6 +361,8 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.flaw:
+        return run_flaw(args)
     try:
         config = ServerConfig(
             model=args.model,
@@ -412,6 +381,9 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
             loop=args.loop,
+            proxy_protocol=args.proxy_protocol,
+            identify=args.identify,
+            metrics=args.metrics,
         )
         if args.trace and config.loop != "asyncio":
             raise ConfigError(f"--trace cannot narrate --loop {config.loop}", "drop one of them")
@@ -420,17 +392,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         args.parser.error(str(exc))  # exits 2 with the usage line
 
-    # The main thread's events: a signal number, or None once the serving thread has ended.
-    # A signal handler only records the signal (SimpleQueue.put is reentrant): it runs between
-    # two bytecodes of the main thread, which may be in the middle of a write to stderr or
-    # hold a lock, so logging or stopping from the handler itself could interleave or deadlock.
-    events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        events.put(signum)
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
-    try:
+    # The main thread only waits: for a stop signal (whatever thread the kernel delivered it
+    # to, see stop_signals.py) or the end of the serving thread. Logging and stopping happen
+    # here, not in a signal handler, which runs between two bytecodes of a thread that may be
+    # in the middle of a write to stderr or hold a lock.
+    with StopSignals(STOP_SIGNALS) as stop_signals:
         for endpoint in server.start():
             # One write, not print()'s two: the serving thread (its log, --trace) writes to
             # stderr too, and must not land between the line and its newline. A reader that
@@ -438,20 +404,29 @@ def run_serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
                 sys.stderr.flush()
+        if server.metrics_url is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"metrics on {server.metrics_url}\n")
+                sys.stderr.flush()
 
         def report_end() -> None:
             server.stopped.wait()
-            events.put(None)
+            stop_signals.ended()
 
         threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
-        while (received := events.get()) is not None:  # get() lets the signal handlers run
-            log.info("%s: stopping", signal.Signals(received).name)
+        while (received := stop_signals.wait()) is not None:
+            name = signal.Signals(received).name
+            log.info("%s: stopping", name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
-    finally:  # main() is a function: the caller's handlers come back, whatever happened
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    log.info("stopped: %s", summarize(server.snapshot()))
+    snapshot = server.snapshot()
+    totals = {
+        "connections": snapshot.connections_accepted,
+        "bytes": snapshot.bytes_echoed,
+        "rejected": snapshot.connections_rejected,
+        "datagrams": snapshot.datagrams_echoed,
+    }
+    log.info("stopped: %s", summarize(snapshot), extra=logs.event("stop", **totals))
     return ExitCode.OK
 
 
@@ -477,6 +452,8 @@ def summarize(snapshot: StatsSnapshot) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.flaws:
+        return run_flaw_list()
     width = max(len(name) for name in MODELS) + len(" (default)")
     for name, cls in MODELS.items():
         label = f"{name} (default)" if name == DEFAULT_MODEL else name
@@ -498,11 +475,22 @@ def run_send(args: argparse.Namespace) -> int:
     socket_class = tracer.socket_class() if tracer else socket.socket
     if sys.stdout is None or (not args.message and sys.stdin is None):
         raise SockechoError("standard input or output is closed", "run it with both open")
+    if args.proxy and context is not None:
+        args.parser.error("--proxy cannot be combined with TLS yet")
+    operations: dict[str, Any] = {"proxy": args.proxy}
+    if args.identify:
+        operations["on_identity"] = print_identity
     if args.message:
         # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
         message = os.fsencode(" ".join(args.message)) + b"\n"
         reply = client.echo(
-            message, args.host, args.port, timeout, tls=context, socket_class=socket_class
+            message,
+            args.host,
+            args.port,
+            timeout,
+            tls=context,
+            socket_class=socket_class,
+            **operations,
         )
         try:
             sys.stdout.buffer.write(reply)
@@ -520,8 +508,200 @@ def run_send(args: argparse.Namespace) -> int:
             timeout,
             tls=context,
             socket_class=socket_class,
+            **operations,
         )
     return ExitCode.OK
+
+
+def print_identity(identity: dict[str, Any]) -> None:
+    """``send --identify``: the server's identity line, as it came, on stderr."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(json.dumps(identity, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
+
+
+# --- sockecho check -------------------------------------------------------------------
+
+CHECK_EXAMPLES = """\
+examples:
+  sockecho check 127.0.0.1:7007              every TCP case against a server
+  sockecho check --udp 127.0.0.1:7007        its UDP echo instead
+  sockecho check --tls --insecure host:7007  the TCP cases over TLS, and the handshake
+  sockecho check --case tcp.close host       one section (or --case ID for one case)
+  sockecho check --junit check.xml host      also write JUnit XML for CI
+  sockecho check --list                      the cases and what each requires
+
+Exit status: 0 when no case FAILED, 1 when one did or the server cannot be
+reached, 2 for usage errors. docs/check.md explains every case.
+"""
+
+
+def add_check_parser(commands: Any) -> None:
+    from sockecho.check import DEFAULT_TIMEOUT  # noqa: PLC0415 - loads only with the CLI
+
+    check = commands.add_parser(
+        "check",
+        help="check that a server really echoes (RFC 862 conformance cases)",
+        description="Run conformance cases against any echo server and report, per case, "
+        "PASSED, FAILED (with Expected / Actual), NON-STRICT, INFORMATIONAL or SKIPPED.",
+        epilog=CHECK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("target", nargs="?", metavar="HOST[:PORT]", help="the server (port 50010)")
+    check.add_argument("--udp", action="store_true", help="check the UDP echo instead of TCP")
+    add_tls_client_arguments(check)
+    check.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run this case, or every case of this section (repeatable; default: all)",
+    )
+    check.add_argument(
+        "--list", action="store_true", help="list the cases and their requirements, then exit"
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="add the SHOULD-level cases a plain server may lack"
+    )
+    check.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"each case's deadline (default: {DEFAULT_TIMEOUT:g})",
+    )
+    check.add_argument(
+        "--seed",
+        type=seed_number,
+        metavar="N",
+        help="replay the random choices of the run that printed this seed",
+    )
+    check.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML")
+    check.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    group = check.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
+    group.add_argument("-v", "--verbose", action="store_true", help="each case's requirement too")
+    check.set_defaults(run=run_check, parser=check)
+
+
+def seed_number(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (0 to 2**32 - 1)")
+    return int(text)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from sockecho.check import CASES, cases, json_report, junit, runner  # noqa: PLC0415
+    from sockecho.check.terminal import TerminalView, render_list  # noqa: PLC0415
+
+    parser: argparse.ArgumentParser = args.parser
+    use_tls = bool(args.tls or args.tls_ca or args.insecure)
+    try:
+        if args.list:
+            listed = [
+                case
+                for case in CASES.values()
+                if not args.case or any(cases.matches(case, chosen) for chosen in args.case)
+            ]
+            render_list(listed, sys.stdout)
+            return ExitCode.OK
+        if args.target is None:
+            parser.error("the server's HOST[:PORT] is missing")
+        host, port = ping.parse_target(args.target)
+        cases.select(args.case, udp=args.udp, tls=use_tls, strict=args.strict)
+        if args.udp and use_tls:
+            raise ConfigError("--udp and --tls do not go together", "TLS runs over TCP only")
+        context = None
+        if use_tls:
+            context = tls.client_context(
+                ClientTLSConfig(ca_file=args.tls_ca, insecure=args.insecure)
+            )
+    except ConfigError as exc:
+        parser.error(str(exc))
+    view = TerminalView(sys.stdout, quiet=args.quiet, verbose=args.verbose)
+    report = runner.run_check(
+        host,
+        port,
+        udp=args.udp,
+        tls=context,
+        cases=args.case,
+        strict=args.strict,
+        timeout=args.timeout,
+        seed=args.seed,
+        on_start=view.start,
+        on_result=view.case,
+    )
+    view.finish(report)
+    for path, write in ((args.junit, junit.write_junit), (args.json, json_report.write_json)):
+        if path:
+            try:
+                write(report, path)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return ExitCode.FAILURE if report.failed else ExitCode.OK
+
+
+# --- sockecho serve --flaw, sockecho models --flaws ------------------------------------
+
+
+def add_flaw_argument(parser: argparse.ArgumentParser) -> None:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415 - loads only with the CLI
+
+    parser.add_argument(
+        "--flaw",
+        choices=list(FLAWS),
+        metavar="NAME",
+        help="serve a deliberately broken echo instead (only --host and --port apply); "
+        "'sockecho models --flaws' lists them and the check case that catches each",
+    )
+
+
+def run_flaw(args: argparse.Namespace) -> int:
+    """Serve a flawed server in this thread until SIGINT/SIGTERM (or until it stops itself,
+    as the handout's does)."""
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+    from sockecho.net import endpoint_url  # noqa: PLC0415
+
+    flaw = FLAWS[args.flaw]
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"warning: --flaw {flaw.name} serves a deliberately broken echo\n")
+        sys.stderr.flush()
+    sock = flaw.open_socket(args.host, args.port)  # BindError: one line, exit 1
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # The flaws are a dozen lines of blocking code each, like the exercises they copy:
+        # stopping them the way Ctrl-C stops a student's script keeps them that simple.
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        with contextlib.suppress(OSError, ValueError):
+            scheme = "udp" if flaw.udp else "tcp"
+            sys.stderr.write(READY_LINE.format(endpoint=endpoint_url(scheme, sock)) + "\n")
+            sys.stderr.flush()
+        flaw.serve(sock)
+        log.info("the flawed server stopped by itself")
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sock.close()
+    return ExitCode.OK
+
+
+def run_flaw_list() -> int:
+    from sockecho.flaws import FLAWS  # noqa: PLC0415
+
+    width = max(len(name) for name in FLAWS)
+    for name, flaw in FLAWS.items():
+        print(f"{name:<{width}}  {flaw.bug}")
+        print(f"{'':<{width}}  caught by: sockecho check --case {flaw.caught_by}")
+        print(f"{'':<{width}}  {inspect.getsourcefile(flaw.module)}")
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import socket
 from dataclasses import dataclass
 
 from sockecho.errors import ConfigError
+from sockecho.faults import FaultInjector, parse_fault, parse_probability
 
 DEFAULT_HOST = "127.0.0.1"
 #: The port of the course's exercises (RFC 862's own port 7 needs root).
 DEFAULT_PORT = 50010
-#: Pending connections the kernel queues before accept(); Linux caps it at somaxconn (4096).
-DEFAULT_BACKLOG = 128
+#: Connections the kernel completes and queues before accept(): the C library's SOMAXCONN (4096
+#: on Linux), which the kernel caps at net.core.somaxconn anyway. A short queue drops SYNs when
+#: clients connect in a burst, and each dropped SYN costs its client a 1 s retransmission
+#: (docs/models.md, "The listen queue"); real servers ask for the maximum (Go: somaxconn).
+DEFAULT_BACKLOG = socket.SOMAXCONN
 #: Bytes asked of one recv(): large enough for bulk transfers in few calls, small enough to
 #: stay below glibc's mmap threshold (128 KiB) so a read never costs an mmap/munmap pair.
 DEFAULT_READ_SIZE = 64 * 1024
@@ -54,6 +59,14 @@ UDP_LOWEST_REPLY_PORT = 1024
 DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
+#: The PROXY protocol header must arrive within this many seconds. The spec: "at least 3
+#: seconds to cover a TCP retransmit"; haproxy's own ``timeout client`` is usually longer.
+DEFAULT_PROXY_HEADER_TIMEOUT = 3.0
+#: ``--proxy-protocol`` choices (the versions a server accepts).
+PROXY_VERSIONS = ("v1", "v2", "any")
+#: Longest ``--identify`` name (characters): it is repeated in every identity line.
+MAX_INSTANCE_NAME = 64
+
 #: Event loops the asyncio model can run on. "uvloop" (libuv, in C) needs the
 #: ``sockecho[uvloop]`` extra; the default install meets its targets without it.
 EVENT_LOOPS = ("asyncio", "uvloop")
@@ -78,6 +91,10 @@ class ServerConfig:
     TLS; a client that has not finished its handshake after
     ``tls_handshake_timeout`` seconds is closed. The files are read (and their
     errors reported) when the server is built, by :mod:`sockecho.tls`.
+
+    ``faults`` are ``--fault`` specs (``"latency=100:20"``, ``"drop=0.1"``...,
+    :mod:`sockecho.faults`); ``fault_probability`` is the share of connections
+    (and datagrams) they apply to, and ``seed`` makes the draws repeatable.
     """
 
     model: str = "asyncio"
@@ -99,6 +116,14 @@ class ServerConfig:
     tls_key: str | None = None
     tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     loop: str = "asyncio"
+    faults: tuple[str, ...] = ()
+    fault_probability: float = 1.0
+    seed: int | None = None
+    # -- operations (docs/operations.md) --
+    proxy_protocol: str | None = None  # "v1", "v2" or "any": every TCP client sends a header
+    proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
+    identify: str | None = None  # instance name: each connection first gets an identity line
+    metrics: str | None = None  # "HOST:PORT" of the Prometheus endpoint
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -138,11 +163,50 @@ class ServerConfig:
             raise ConfigError(
                 f"TLS handshake timeout must be more than 0 and at most {MAX_SECONDS:g} seconds"
             )
+        self._check_operations()
         if self.loop not in EVENT_LOOPS:
             raise ConfigError(f"unknown event loop {self.loop!r}", f"use one of {EVENT_LOOPS}")
         if self.loop != "asyncio" and self.model != "asyncio":
             raise ConfigError(
                 f"--loop {self.loop} applies to the asyncio model only", "add --model asyncio"
+            )
+        injector = self.fault_injector()  # every spec parsed (and rejected) here, once
+        if injector.faults and self.tls:
+            raise ConfigError(
+                "--fault does not apply to TLS connections",
+                "inject faults on a plain TCP or UDP port",
+            )
+        if injector.datagram_kinds and not self.udp:
+            kinds = ", ".join(kind.value for kind in injector.datagram_kinds)
+            raise ConfigError(f"fault {kinds} applies to UDP echo only", "add --udp")
+
+    def fault_injector(self) -> FaultInjector:
+        """A fresh injector for ``faults`` (its generator seeded with ``seed``)."""
+        return FaultInjector(
+            [parse_fault(spec) for spec in self.faults],
+            parse_probability(self.fault_probability),
+            self.seed,
+        )
+
+    def _check_operations(self) -> None:
+        if self.proxy_protocol is not None and self.proxy_protocol not in PROXY_VERSIONS:
+            raise ConfigError(
+                f"unknown PROXY protocol version {self.proxy_protocol!r}",
+                f"use one of {', '.join(PROXY_VERSIONS)}",
+            )
+        if self.proxy_protocol is not None and self.tls_cert is not None:
+            raise ConfigError(
+                "--proxy-protocol cannot be combined with TLS yet",
+                "terminate TLS at the load balancer, or serve plain TCP behind it",
+            )
+        if not 0 < self.proxy_header_timeout <= MAX_SECONDS:
+            raise ConfigError("PROXY header timeout must be more than 0 seconds")
+        if self.identify is not None and not (
+            0 < len(self.identify) <= MAX_INSTANCE_NAME and self.identify.isprintable()
+        ):
+            raise ConfigError(
+                f"instance name {self.identify!r} must be 1 to {MAX_INSTANCE_NAME} "
+                "printable characters"
             )
 
     def replace(self, **changes: object) -> ServerConfig:

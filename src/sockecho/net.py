@@ -137,7 +137,8 @@ def open_listeners(
     """socket() → setsockopt(SO_REUSEADDR) → bind() → listen() for every address of ``host``.
 
     With ``port=0`` the first socket gets a free port from the kernel and the
-    others reuse that number, so every address of a name shares one port.
+    others reuse that number, so every address of a name shares one port (a number taken on
+    another address fails with BindError: ``EchoServer.open`` tries another picked port).
     Listening sockets are left blocking; models set what they need.
     """
 

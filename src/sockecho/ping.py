@@ -6,9 +6,17 @@
     PING 127.0.0.1:7007 (tcp): 56 data bytes
     56 bytes from 127.0.0.1:7007: seq=1 time=0.081 ms
     ...
-    --- 127.0.0.1:7007 sockecho ping statistics ---
-    3 probes transmitted, 3 received, 0% probe loss, time 2002 ms
+    --- 127.0.0.1 ping statistics ---
+    3 packets transmitted, 3 received, 0% packet loss, time 2002ms
     rtt min/avg/max/mdev = 0.074/0.079/0.081/0.003 ms
+
+Summary
+    The last three lines are ping(8)'s own (iputils), word for word, so tools
+    that parse ping output (pingparsing, monitoring plugins, a regex in a
+    script) read ours unchanged: the headline names the host as ping(8) does
+    (the port is on the first line), the loss is printed with ``%g`` (``33.3333%``),
+    failed probes add ``+N errors`` after ``received``, and ``time`` is the run's
+    length in whole milliseconds with no space before ``ms``.
 
 Probes
     Each probe carries its sequence number in its first 8 bytes and a fixed
@@ -45,8 +53,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
 
+from sockecho.arguments import ExitCode, add_trace_argument, positive_int, seconds, tracer_for
 from sockecho.config import DEFAULT_PORT
 from sockecho.errors import ConfigError
+from sockecho.identity import IdentityError, read_identity
 from sockecho.net import format_host_port, resolve
 
 #: ping(8)'s default payload (bytes).
@@ -78,6 +88,13 @@ class PingStats:
     @property
     def loss(self) -> float:
         return 1 - self.received / self.transmitted if self.transmitted else 0.0
+
+    @property
+    def loss_percent(self) -> float:
+        """The loss as ping(8) computes it (so ``%g`` prints the same digits)."""
+        if not self.transmitted:
+            return 0.0
+        return (self.transmitted - self.received) * 100.0 / self.transmitted
 
     def summary(self) -> tuple[float, float, float, float]:
         """min, avg, max, mdev in seconds (mdev as ping(8): population standard deviation)."""
@@ -125,8 +142,11 @@ class Pinger:
         out: TextIO | None = None,
         clock: Callable[[], float] = time.perf_counter,
         socket_class: type[socket.socket] = socket.socket,
+        identify: bool = False,
     ) -> None:
         self.udp = udp
+        self.identify = identify  # read each connection's --identify line; show the instance
+        self.instance: str | None = None
         self.socket_class = socket_class  # --trace passes a narrating one
         family, sockaddr = resolve(
             host, port, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM, passive=False
@@ -177,6 +197,8 @@ class Pinger:
                     raise
                 connect_time = self.clock() - started
                 self.sock = sock
+                if self.identify:
+                    self.instance = self._read_identity(sock)
             sock = self.sock
             started = self.clock()
             sock.sendall(payload)
@@ -208,10 +230,24 @@ class Pinger:
             return
         self.stats.rtts.append(rtt)
         connect = f" connect={connect_time * 1000:.3f} ms" if connect_time is not None else ""
+        instance = f" instance={self.instance}" if self.identify else ""
         self.say(
             f"{len(echoed)} bytes from {self.where}: seq={sequence}{connect} "
-            f"time={rtt * 1000:.3f} ms"
+            f"time={rtt * 1000:.3f} ms{instance}"
         )
+
+    def _read_identity(self, sock: socket.socket) -> str:
+        """The instance named by the server's --identify line (read before any probe)."""
+        data = b""
+        try:
+            while (found := read_identity(data)) is None:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionResetError("the server closed before its identity line")
+                data += chunk
+        except IdentityError as exc:
+            raise OSError(f"no identity line: {exc}") from None
+        return str(found[0].get("instance"))
 
     def _probe_udp(self, sequence: int, payload: bytes) -> None:
         if self.sock is None:
@@ -251,15 +287,14 @@ class Pinger:
         self._lost(sequence, f"timeout after {self.timeout:g} s")
 
     def print_summary(self, elapsed: float) -> None:
+        """ping(8)'s summary, in its words (see "Summary" in the module docstring)."""
         stats = self.stats
-        self.say(f"\n--- {self.where} sockecho ping statistics ---")
-        line = (
-            f"{stats.transmitted} probes transmitted, {stats.received} received, "
-            f"{stats.loss:.0%} probe loss, time {elapsed * 1000:.0f} ms"
+        self.say(f"\n--- {self.sockaddr[0]} ping statistics ---")
+        errors = f" +{stats.errors} errors," if stats.errors else ""
+        self.say(
+            f"{stats.transmitted} packets transmitted, {stats.received} received,{errors} "
+            f"{stats.loss_percent:g}% packet loss, time {elapsed * 1000:.0f}ms"
         )
-        if stats.errors:
-            line += f", {stats.errors} errors"
-        self.say(line)
         if stats.rtts:
             low, mean, high, mdev = (value * 1000 for value in stats.summary())
             self.say(f"rtt min/avg/max/mdev = {low:.3f}/{mean:.3f}/{high:.3f}/{mdev:.3f} ms")
@@ -278,6 +313,7 @@ def ping(
     out: TextIO | None = None,
     interrupted: Callable[[], bool] = lambda: False,
     socket_class: type[socket.socket] = socket.socket,
+    identify: bool = False,
 ) -> PingStats:
     """Send ``count`` probes ``interval`` seconds apart, print each and a summary."""
     pinger = Pinger(
@@ -289,6 +325,7 @@ def ping(
         timeout=timeout,
         out=out,
         socket_class=socket_class,
+        identify=identify,
     )
     proto = "udp" if udp else "tcp"
     pinger.say(f"PING {pinger.where} ({proto}): {size} data bytes")
@@ -310,12 +347,6 @@ def ping(
 
 def add_parser(commands: Any) -> None:
     """Add ``ping`` to the CLI's subcommands."""
-    from sockecho.cli import (  # noqa: PLC0415 (cli imports this module)
-        add_trace_argument,
-        positive_int,
-        seconds,
-    )
-
     parser = commands.add_parser(
         "ping",
         help="measure round-trip time to an echo server, like ping(8)",
@@ -358,13 +389,16 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--connect", action="store_true", help="a new TCP connection per probe (times connect)"
     )
+    parser.add_argument(
+        "--identify",
+        action="store_true",
+        help="read the server's --identify line on each connection; show the instance per probe",
+    )
     add_trace_argument(parser)  # the narration's own cost is inside the times it prints
     parser.set_defaults(run=run_ping, parser=parser)
 
 
 def run_ping(args: argparse.Namespace) -> int:
-    from sockecho.cli import ExitCode, tracer_for  # noqa: PLC0415 (cli imports this module)
-
     parser: argparse.ArgumentParser = args.parser
     try:
         host, port = parse_target(args.target)
@@ -376,6 +410,8 @@ def run_ping(args: argparse.Namespace) -> int:
         parser.error(f"--size must be at most {MAX_UDP_SIZE if args.udp else MAX_TCP_SIZE} bytes")
     if args.udp and args.connect:
         parser.error("--connect is for TCP (UDP has no connection to time)")
+    if args.udp and args.identify:
+        parser.error("--identify is for TCP (ask a UDP server with 'sockecho-identify')")
     if args.timeout <= 0:
         parser.error("--timeout must be more than 0 seconds")
     tracer = tracer_for(args, "client")
@@ -400,6 +436,7 @@ def run_ping(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             interrupted=lambda: stop,
             socket_class=tracer.socket_class() if tracer else socket.socket,
+            identify=args.identify,
         )
     finally:
         signal.signal(signal.SIGINT, previous)

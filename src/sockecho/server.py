@@ -22,6 +22,7 @@ from typing import Any
 from sockecho.config import ServerConfig
 from sockecho.core import ServerStats, StatsSnapshot
 from sockecho.errors import ConfigError, ServerFailed, SockechoError
+from sockecho.metrics import MetricsServer, StatsCollector, parse_address, require_client
 from sockecho.servers import MODELS, EchoServer
 from sockecho.servers.base import SocketCalls
 
@@ -59,6 +60,9 @@ class Server:
         elif settings:
             config = config.replace(**settings)
         self.config = config
+        if config.metrics is not None:  # before the model: a ConfigError leaves nothing open
+            metrics_address = parse_address(config.metrics)
+            require_client()
         self.model = make_model(config, calls)
         self.endpoints: list[str] = []
         self.addresses: list[tuple[str, int]] = []
@@ -67,6 +71,15 @@ class Server:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self.stopped = threading.Event()
+        #: ``config.metrics``: the Prometheus endpoint, started and stopped with the model
+        self.metrics: MetricsServer | None = None
+        self.metrics_url: str | None = None
+        if config.metrics is not None:
+            self.metrics = MetricsServer(
+                metrics_address,
+                StatsCollector(self.snapshot, config.model),
+                serving=lambda: not self.model.stopping,
+            )
 
     @property
     def stats(self) -> ServerStats:
@@ -90,6 +103,8 @@ class Server:
         log.debug("starting the %s model with %s", self.config.model, self.config)
         try:
             self.endpoints = self.model.open()
+            if self.metrics is not None:
+                self.metrics_url = self.metrics.start()
         except BaseException:
             self.model.abandon()  # nothing is left open: not even the wake-up socketpair
             raise
@@ -114,6 +129,8 @@ class Server:
             self._failure = exc
             log.debug("model %s failed", self.config.model, exc_info=True)
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self.stopped.set()
 
     def request_stop(self, graceful: bool = True) -> None:

@@ -11,8 +11,9 @@ TCP FIN without close_notify as the end of the client's input (the half-close).
 
 Each model uses the context in its own style: the blocking models wrap the
 accepted socket and run the handshake under a deadline, the readiness models
-drive a non-blocking handshake from their loop, asyncio hands it to
-``loop.start_tls``. See docs/udp-tls.md.
+drive a non-blocking handshake from their loop, and asyncio runs
+:class:`TLSBuffers` (TLS over memory) on the plain transport, as the client's
+:class:`DuplexTLS` does. See docs/udp-tls.md.
 
 Client side (``sockecho send --tls``): :func:`client_context` verifies the
 server against the system's roots or ``--tls-ca FILE``, or nothing with
@@ -22,10 +23,12 @@ from two threads, which an ``SSLSocket`` does not allow.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
 import threading
+from typing import Any
 
 from sockecho.config import ClientTLSConfig, ServerConfig
 from sockecho.errors import TLSSetupError
@@ -53,7 +56,28 @@ def server_context(config: ServerConfig) -> ssl.SSLContext | None:
             f"{describe_ssl_error(exc)}",
             "both must be PEM files and the key must belong to the certificate",
         ) from None
+    context.sni_callback = _remember_server_name
     return context
+
+
+def _remember_server_name(conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+    """The SNI a client asked for, kept on its SSL object for ``--identify`` (the server side
+    of the ssl module offers no other way to read it back)."""
+    with contextlib.suppress(AttributeError):
+        conn.sockecho_server_name = server_name
+
+
+def describe_session(conn: ssl.SSLSocket | ssl.SSLObject) -> dict[str, Any]:
+    """What ``--identify`` says about a TLS connection after its handshake."""
+    cert: dict[str, Any] = dict(conn.getpeercert() or {})
+    rdns: tuple[tuple[tuple[str, str], ...], ...] = cert.get("subject", ())
+    subject = ", ".join(f"{key}={value}" for rdn in rdns for key, value in rdn) or None
+    return {
+        "sni": getattr(conn, "sockecho_server_name", None),
+        "alpn": conn.selected_alpn_protocol(),
+        "version": conn.version(),
+        "client_cert": subject,
+    }
 
 
 def client_context(config: ClientTLSConfig) -> ssl.SSLContext:
@@ -98,18 +122,92 @@ def describe_ssl_error(exc: ssl.SSLError) -> str:
 RECORD_READ_SIZE = 64 * 1024
 
 
+class TLSBuffers:
+    """TLS over memory: an ``SSLObject`` between two memory buffers; the caller moves records.
+
+    The one TLS layer sockecho drives by hand, where an ``SSLSocket`` will not do:
+    the asyncio server (TLS on a plain transport, so that a half-close still gets
+    its whole echo) and the client's :class:`DuplexTLS` (two threads on one
+    connection). Records from the peer go in with :meth:`receive`; whatever TLS
+    has to say to the peer (handshake, encrypted echo, alerts, close_notify) comes
+    out of :meth:`records`. Not thread-safe: a caller sharing it holds a lock.
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self.handshake_done = False
+
+    def receive(self, records: bytes) -> None:
+        """Records read from the peer; ``b''`` when the peer's side of TCP ended (a FIN)."""
+        if records:
+            self._incoming.write(records)
+        else:
+            self._incoming.write_eof()
+
+    def do_handshake(self) -> bool:
+        """Take the handshake as far as the records received allow: True once it is
+        complete, False while it needs more from the peer. ``ssl.SSLError`` if it fails."""
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        self.handshake_done = True
+        return True
+
+    def read(self, size: int) -> bytes | None:
+        """Up to ``size`` decrypted bytes; ``b''`` at the end of the peer's input
+        (close_notify, or a plain FIN); None while more records are needed."""
+        try:
+            return self._tls.read(size)
+        except ssl.SSLWantReadError:
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` into :meth:`records` (never waits)."""
+        self._tls.write(data)
+
+    def close_notify(self) -> None:
+        """Put our close_notify into :meth:`records` (an orderly end)."""
+        with contextlib.suppress(ssl.SSLError):
+            self._tls.unwrap()  # says "want read" for the peer's: we do not wait for it
+
+    def records(self) -> bytes:
+        """What TLS has to send to the peer now (may be empty)."""
+        return self._outgoing.read()
+
+    @property
+    def version(self) -> str | None:
+        return self._tls.version()
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The SSL object itself (its ALPN, SNI and certificates for ``--identify``)."""
+        return self._tls
+
+
 class DuplexTLS:
     """A client TLS connection that one thread may send on while another receives.
 
     An OpenSSL connection must never be used by two threads at once (an
     ``SSLSocket`` read in one thread and written in another can crash:
-    python/cpython#151508). Here the TLS state is an ``SSLObject`` over two
-    memory buffers, touched only under a lock that is never held during socket
-    I/O: the sender encrypts under the lock, then sends the records; the
-    receiver reads records from the socket, then decrypts them under the lock.
-    Only the sender writes to the socket, so records leave in the order they
-    were made. (Anything the receiving side must answer - a TLS 1.3 key update -
-    goes out with the next send.)
+    python/cpython#151508). Here the TLS state is a :class:`TLSBuffers`, touched
+    only under a lock that is never held during socket I/O: the sender encrypts
+    under the lock, then sends the records; the receiver reads records from the
+    socket, then decrypts them under the lock. Only the sender writes to the
+    socket, so records leave in the order they were made. (Anything the receiving
+    side must answer - a TLS 1.3 key update - goes out with the next send.)
 
     The half-close is the socket's own ``shutdown(SHUT_WR)``, a TCP FIN: in
     Python's API a close_notify would end the TLS session for reading too, and
@@ -120,41 +218,32 @@ class DuplexTLS:
         self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None
     ) -> None:
         self.sock = sock
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(
-            self._incoming, self._outgoing, server_hostname=server_hostname
-        )
+        self._tls = TLSBuffers(context, server_side=False, server_hostname=server_hostname)
         self._lock = threading.Lock()
 
     def handshake(self) -> None:
         """Complete the handshake (before the two threads start). SSLError if it fails."""
         while True:
-            try:
-                self._tls.do_handshake()
-            except ssl.SSLWantReadError:
-                self._send_pending()
-                self._receive_records()
-            else:
-                self._send_pending()
+            with self._lock:
+                done = self._tls.do_handshake()
+            self._send_pending()
+            if done:
                 return
+            self._receive_records()
 
     def sendall(self, data: bytes | memoryview) -> None:
         with self._lock:
             self._tls.write(data)  # into memory: never waits
-            records = self._outgoing.read()
+            records = self._tls.records()
         self.sock.sendall(records)
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` decrypted bytes; b'' at the end (close_notify or a plain TCP EOF)."""
         while True:
             with self._lock:
-                try:
-                    return self._tls.read(size)
-                except ssl.SSLWantReadError:
-                    pass
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    return b""
+                data = self._tls.read(size)
+            if data is not None:
+                return data
             self._receive_records()
 
     def shutdown(self, how: int) -> None:
@@ -170,13 +259,10 @@ class DuplexTLS:
     def _receive_records(self) -> None:
         data = self.sock.recv(RECORD_READ_SIZE)
         with self._lock:
-            if data:
-                self._incoming.write(data)
-            else:
-                self._incoming.write_eof()
+            self._tls.receive(data)
 
     def _send_pending(self) -> None:
         with self._lock:
-            records = self._outgoing.read()
+            records = self._tls.records()
         if records:
             self.sock.sendall(records)

@@ -79,138 +79,47 @@ Cost
     is the same as before ``--trace`` existed (docs/tutorial.md, section 7).
 
 Output
-    One whole line per write under a lock, so threads (the threading model, the
-    client's sender thread) never interleave mid-line. Colour (rich) when the
-    stream is a terminal and ``NO_COLOR`` is unset; plain text otherwise.
-    Payloads are previewed up to :data:`PREVIEW_BYTES` bytes. When a write to
-    the stream fails (its reader went away: ``serve --trace 2>&1 | head -3``),
-    tracing stops for good with one warning in the log, and the socket call
-    being narrated completes as if untraced: tracing never breaks the program.
+    This module runs the calls and says what happened as events; the wording
+    and the writing are :mod:`sockecho.narration`'s. One whole line per write
+    under a lock, so threads (the threading model, the client's sender thread)
+    never interleave mid-line. Colour (rich) when the stream is a terminal and
+    ``NO_COLOR`` is unset; plain text otherwise. Payloads are previewed up to
+    :data:`~sockecho.narration.PREVIEW_BYTES` bytes. When a write to the stream
+    fails (its reader went away: ``serve --trace 2>&1 | head -3``), tracing
+    stops for good with one warning in the log, and the socket call being
+    narrated completes as if untraced: tracing never breaks the program.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import logging
-import os
 import select
 import selectors
 import socket
-import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, TextIO, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
-from rich.console import Console
-from rich.text import Text
-
+from sockecho import narration as say
+from sockecho.narration import (
+    PREVIEW_BYTES,
+    Call,
+    Narrator,
+    fd,
+    fd_of,
+    preview,
+)
 from sockecho.net import format_sockaddr
-from sockecho.servers.base import SocketCalls, describe_error
+from sockecho.servers.base import SocketCalls
 
 T = TypeVar("T")
 
-log = logging.getLogger("sockecho.trace")
 
-#: Bytes of payload shown in a trace line; enough to recognise a short message.
-PREVIEW_BYTES = 20
-#: Characters reserved for the call, so results line up in a column.
-CALL_WIDTH = 44
-
-#: What an errno means to someone learning sockets, shown after the error's name.
-ERRNO_MEANINGS: dict[int, str] = {
-    errno.ECONNRESET: "the peer reset the connection",
-    errno.EPIPE: "the peer is gone: writing to it is an error",
-    errno.ECONNREFUSED: "nothing listens on that port",
-    errno.EADDRINUSE: "another socket is bound to that address",
-    errno.EAGAIN: "nothing ready now: a non-blocking socket does not wait",
-    errno.ENOTCONN: "the socket is not connected",
-    errno.ECONNABORTED: "the client left before accept()",
-    errno.EMFILE: "out of file descriptors",
-}
-#: Meanings that depend on the call: the same errno says something else elsewhere.
-ACCEPT_MEANINGS: dict[int, str] = {
-    errno.EINVAL: "the socket is not listening any more: a stop shut it down to refuse clients",
-}
-
-_SOCKOPT_NAMES: dict[tuple[int, int], str] = {
-    (socket.SOL_SOCKET, socket.SO_REUSEADDR): "SOL_SOCKET, SO_REUSEADDR",
-    (socket.SOL_SOCKET, socket.SO_REUSEPORT): "SOL_SOCKET, SO_REUSEPORT",
-    (socket.SOL_SOCKET, socket.SO_LINGER): "SOL_SOCKET, SO_LINGER",
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE): "SOL_SOCKET, SO_KEEPALIVE",
-    (socket.SOL_SOCKET, socket.SO_RCVBUF): "SOL_SOCKET, SO_RCVBUF",
-    (socket.SOL_SOCKET, socket.SO_SNDBUF): "SOL_SOCKET, SO_SNDBUF",
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY): "IPPROTO_TCP, TCP_NODELAY",
-    (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY): "IPPROTO_IPV6, IPV6_V6ONLY",
-}
-_SHUTDOWN_NAMES = {
-    socket.SHUT_RD: "SHUT_RD",
-    socket.SHUT_WR: "SHUT_WR",
-    socket.SHUT_RDWR: "SHUT_RDWR",
-}
-
-#: The kernel call behind each selector class, for the readiness-wait lines.
-_SELECTOR_CALLS: dict[str, tuple[str, str, str]] = {
-    # class name: (the creation, the wait, the interest change)
-    "EpollSelector": ("epoll_create", "epoll_wait", "epoll_ctl"),
-    "PollSelector": ("poll", "poll", "poll register"),
-    "KqueueSelector": ("kqueue", "kevent", "kevent"),
-    "DevpollSelector": ("devpoll", "devpoll", "devpoll register"),
-    "SelectSelector": ("select", "select", "select register"),
-}
-
-
-def wants_color(stream: TextIO) -> bool:
-    """Colour for a terminal, unless ``NO_COLOR`` is set (https://no-color.org)."""
-    if "NO_COLOR" in os.environ:
-        return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-def preview(data: bytes | bytearray | memoryview) -> str:
-    """``b'hola\\n'``; longer payloads cut at PREVIEW_BYTES with ``...``."""
-    head = bytes(data[:PREVIEW_BYTES])
-    return repr(head) + ("..." if len(data) > PREVIEW_BYTES else "")
-
-
-def describe_failure(exc: BaseException, meanings: Mapping[int, str] | None = None) -> str:
-    """``ConnectionResetError [ECONNRESET] (the peer reset the connection)``; ``meanings``
-    (errno: text) overrides :data:`ERRNO_MEANINGS` for one call."""
-    text = describe_error(exc)
-    if isinstance(exc, OSError):
-        meaning = (meanings or {}).get(exc.errno or 0) or ERRNO_MEANINGS.get(exc.errno or 0)
-        if meaning is None and exc.errno is None and exc.args:
-            meaning = str(exc.args[0])  # socket timeouts: "timed out"
-        if meaning:
-            text += f" ({meaning})"
-    return text
-
-
-def fd_of(obj: Any) -> int:
-    return obj if isinstance(obj, int) else int(obj.fileno())
-
-
-class Tracer:
-    """Writes one line per socket call to ``stream`` (default: stderr), thread-safe.
+class Tracer(Narrator):
+    """Narrates socket calls to ``stream`` (default: stderr), one line each, thread-safe;
+    hands out the traced objects that report to it.
 
     ``role`` prefixes every line (``server``, ``client``) so two traces sent
     to one terminal stay apart.
     """
-
-    def __init__(self, role: str, stream: TextIO | None = None, *, color: bool | None = None):
-        self.role = role
-        self.stream = stream if stream is not None else sys.stderr
-        #: False once a write to ``stream`` failed (its reader went away): tracing stopped.
-        self.enabled = True
-        # Reentrant: a call narrated under atomic() writes its line under the same lock.
-        self._lock = threading.RLock()
-        self._waiting_threads: dict[int, int] = {}  # thread id: calls it is blocked in
-        self._console: Console | None = None
-        if wants_color(self.stream) if color is None else color:
-            self._console = Console(
-                file=self.stream, force_terminal=True, highlight=False, soft_wrap=True
-            )
 
     def socket_class(self) -> type[TracedSocket]:
         """A ``socket.socket`` class narrating to this tracer (the client's ``socket_class``)."""
@@ -219,77 +128,6 @@ class Tracer:
     def socket_calls(self) -> SocketCalls:
         """The models' entry points narrating to this tracer (``Server(calls=...)``)."""
         return traced_calls(self)
-
-    def returned(self, call: str, result: str | None = None) -> None:
-        """``call`` returned; ``result`` describes what it gave back (None: nothing to say)."""
-        if result is None:
-            self._write(call, "", "call")
-        else:
-            self._write(f"{call:<{CALL_WIDTH}}", f" -> {result}", "result")
-
-    def waiting(self, call: str, why: str) -> None:
-        """``call`` is about to block; said before it, so a stalled program shows where."""
-        self._write(f"{call + ' ...':<{CALL_WIDTH}}", f"   ({why})", "waiting")
-
-    def failed(
-        self, call: str, exc: BaseException, meanings: Mapping[int, str] | None = None
-    ) -> None:
-        self._write(f"{call:<{CALL_WIDTH}}", f" -> {describe_failure(exc, meanings)}", "error")
-
-    def atomic(self) -> contextlib.AbstractContextManager[object]:
-        """Hold around a call that cannot wait and its line: no other thread's line (or
-        call narrated the same way) can come between, so lines are in the calls' order."""
-        return self._lock
-
-    @contextlib.contextmanager
-    def blocked(self) -> Iterator[None]:
-        """Around a call announced by :meth:`waiting`: while it waits, lines written by
-        other threads carry their thread's name (they run concurrently with it)."""
-        me = threading.get_ident()
-        with self._lock:
-            self._waiting_threads[me] = self._waiting_threads.get(me, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._waiting_threads[me] -= 1
-                if not self._waiting_threads[me]:
-                    del self._waiting_threads[me]
-
-    def _thread_tag(self) -> str:
-        me = threading.get_ident()
-        if any(ident != me for ident in self._waiting_threads):
-            return f"[{threading.current_thread().name}] "
-        return ""
-
-    _STYLES: ClassVar[dict[str, str]] = {
-        "call": "",
-        "result": "green",
-        "waiting": "yellow",
-        "error": "bold red",
-    }
-
-    def _write(self, call: str, tail: str, kind: str) -> None:
-        prefix = f"{self.role:<6}  "
-        with self._lock:
-            if not self.enabled:
-                return
-            prefix += self._thread_tag()
-            try:
-                if self._console is None:
-                    self.stream.write(f"{prefix}{call}{tail}\n".rstrip() + "\n")
-                    self.stream.flush()
-                    return
-                line = Text(prefix, style="cyan" if self.role == "server" else "magenta")
-                line.append(call, style="bold")
-                line.append(tail.rstrip(), style=self._STYLES[kind])
-                self._console.print(line)
-            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
-                # The reader went away (``| head``, a closed terminal). The trace is for
-                # watching; the program must go on: stop narrating, once, and let the
-                # socket call that was being narrated complete as if untraced.
-                self.enabled = False
-                log.warning("--trace stopped: cannot write the trace (%s)", describe_error(exc))
 
 
 class TracedSocket(socket.socket):
@@ -309,25 +147,30 @@ class TracedSocket(socket.socket):
         try:
             super().__init__(family, type, proto, fileno)
         except OSError as exc:
-            self.tracer.failed(f"socket({_family(family)}, {_kind(type)})", exc)
+            self.tracer.failed(Call("socket", (say.family(family), say.kind(type))), exc)
             raise
         if fileno is None:  # accepted sockets are announced by accept()
             self.tracer.returned(
-                f"socket({_family(self.family)}, {_kind(self.type)})", f"fd {self.fileno()}"
+                Call("socket", (say.family(self.family), say.kind(self.type))),
+                say.new_descriptor(self.fileno()),
             )
 
     # -- the narration ----------------------------------------------------------------------
+
+    def _call(self, name: str, *args: str) -> Call:
+        """``name(fd N, args...)``: a call on this socket."""
+        return Call(name, (fd(self.fileno()), *args))
 
     def _blocking_why(self, why: str) -> str | None:
         """The hint for a call that may wait, or None when this socket never waits."""
         timeout = self.gettimeout()
         if timeout == 0.0:
             return None
-        return f"blocks: {why}" if timeout is None else f"blocks up to {timeout:.3g} s: {why}"
+        return say.blocks(why, timeout)
 
     def _run(
         self,
-        call: str,
+        call: Call,
         run: Callable[[], T],
         describe: Callable[[T], str | None],
         wait: str | None = None,
@@ -356,7 +199,7 @@ class TracedSocket(socket.socket):
 
     def _report(
         self,
-        call: str,
+        call: Call,
         run: Callable[[], T],
         describe: Callable[[T], str | None],
         meanings: Mapping[int, str] | None,
@@ -373,32 +216,28 @@ class TracedSocket(socket.socket):
 
     def setsockopt(self, *args: Any) -> None:
         level, option, value = args[0], args[1], args[2]
-        name = _SOCKOPT_NAMES.get((level, option), f"{level}, {option}")
-        shown = value if isinstance(value, int) or value is None else preview(value)
-        call = f"setsockopt(fd {self.fileno()}, {name}, {shown})"
+        call = self._call("setsockopt", say.sockopt(level, option), say.option_value(value))
         self._run(call, lambda: super(TracedSocket, self).setsockopt(*args), _nothing)
 
     def setblocking(self, flag: bool, /) -> None:
-        call = f"setblocking(fd {self.fileno()}, {flag})"
+        call = self._call("setblocking", str(flag))
         self._run(call, lambda: super(TracedSocket, self).setblocking(flag), _nothing)
 
     def settimeout(self, value: float | None, /) -> None:
-        shown = value if value is None else round(value, 3)  # a computed deadline: ms is enough
-        call = f"settimeout(fd {self.fileno()}, {shown})"
+        call = self._call("settimeout", say.timeout_value(value))
         self._run(call, lambda: super(TracedSocket, self).settimeout(value), _nothing)
 
     def bind(self, address: Any, /) -> None:
         def describe(_: None) -> str | None:
             if isinstance(address, tuple) and len(address) >= 2 and address[1] == 0:
-                return f"port {self.getsockname()[1]} (port 0: the kernel chose)"
+                return say.port_chosen(self.getsockname()[1])
             return None
 
-        call = f"bind(fd {self.fileno()}, {address!r})"
+        call = self._call("bind", say.address(address))
         self._run(call, lambda: super(TracedSocket, self).bind(address), describe)
 
     def listen(self, *backlog: int) -> None:
-        shown = f", {backlog[0]}" if backlog else ""
-        call = f"listen(fd {self.fileno()}{shown})"
+        call = self._call("listen", *(str(size) for size in backlog[:1]))
         self._run(call, lambda: super(TracedSocket, self).listen(*backlog), _nothing)
 
     def accept(self) -> tuple[socket.socket, Any]:
@@ -411,87 +250,83 @@ class TracedSocket(socket.socket):
             return conn, addr
 
         return self._run(
-            f"accept(fd {self.fileno()})",
+            self._call("accept"),
             accept_traced,
-            lambda pair: f"fd {pair[0].fileno()}, peer {format_sockaddr(pair[1])}",
-            wait="a passive socket waits for a client",
-            meanings=ACCEPT_MEANINGS,
+            lambda pair: say.accepted(pair[0].fileno(), format_sockaddr(pair[1])),
+            wait=say.WHY_CLIENT,
+            meanings=say.ACCEPT_MEANINGS,
         )
 
     def connect(self, address: Any, /) -> None:
-        call = f"connect(fd {self.fileno()}, {address!r})"
+        call = self._call("connect", say.address(address))
         if self.type != socket.SOCK_STREAM:  # UDP: no handshake, only a default peer
             self._run(call, lambda: super(TracedSocket, self).connect(address), _peer_set)
             return
         self._run(
             call,
             lambda: super(TracedSocket, self).connect(address),
-            lambda _: "connected",
-            wait="the three-way handshake",
+            lambda _: say.CONNECTED,
+            wait=say.WHY_HANDSHAKE,
         )
 
     def _waits_for(self) -> str:
-        return (
-            "waits for bytes from the peer"
-            if self.type == socket.SOCK_STREAM
-            else ("waits for a datagram")
-        )
+        return say.WHY_BYTES if self.type == socket.SOCK_STREAM else say.WHY_DATAGRAM
 
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
         return self._run(
-            f"recv(fd {self.fileno()}, {bufsize})",
+            self._call("recv", str(bufsize)),
             lambda: super(TracedSocket, self).recv(bufsize, flags),
-            lambda data: _received(data, self.type == socket.SOCK_STREAM),
+            lambda data: say.received(data, self.type == socket.SOCK_STREAM),
             wait=self._waits_for(),
         )
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         view = memoryview(buffer)
         return self._run(
-            f"recv_into(fd {self.fileno()}, {nbytes or view.nbytes})",
+            self._call("recv_into", str(nbytes or view.nbytes)),
             lambda: super(TracedSocket, self).recv_into(buffer, nbytes, flags),
-            lambda count: _received(view.cast("B")[:count], self.type == socket.SOCK_STREAM),
+            lambda count: say.received(view.cast("B")[:count], self.type == socket.SOCK_STREAM),
             wait=self._waits_for(),
         )
 
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
         return self._run(
-            f"recvfrom(fd {self.fileno()}, {bufsize})",
+            self._call("recvfrom", str(bufsize)),
             lambda: super(TracedSocket, self).recvfrom(bufsize, flags),
-            lambda pair: f"{_received(pair[0], False)} from {format_sockaddr(pair[1])}",
-            wait="waits for a datagram",
+            lambda pair: say.received_from(pair[0], format_sockaddr(pair[1])),
+            wait=say.WHY_DATAGRAM,
         )
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         view = memoryview(buffer)
         return self._run(
-            f"recvfrom_into(fd {self.fileno()}, {nbytes or view.nbytes})",
+            self._call("recvfrom_into", str(nbytes or view.nbytes)),
             lambda: super(TracedSocket, self).recvfrom_into(buffer, nbytes, flags),
-            lambda pair: f"{_received(view.cast('B')[: pair[0]])} from {format_sockaddr(pair[1])}",
-            wait="waits for a datagram",
+            lambda pair: say.received_from(view.cast("B")[: pair[0]], format_sockaddr(pair[1])),
+            wait=say.WHY_DATAGRAM,
         )
 
     def sendto(self, *args: Any) -> int:
         data, address = args[0], args[-1]  # sendto(data, address) or (data, flags, address)
         size = memoryview(data).nbytes
         return self._run(
-            f"sendto(fd {self.fileno()}, {size} bytes, {address!r})",
+            self._call("sendto", say.byte_count(size), say.address(address)),
             lambda: super(TracedSocket, self).sendto(*args),
-            lambda sent: _sent(sent, size),
+            lambda sent: say.sent(sent, size),
             sends=True,
         )
 
     def send(self, data: Any, flags: int = 0, /) -> int:
         size = memoryview(data).nbytes
         return self._run(
-            f"send(fd {self.fileno()}, {size} bytes)",
+            self._call("send", say.byte_count(size)),
             lambda: super(TracedSocket, self).send(data, flags),
-            lambda sent: _sent(sent, size),
+            lambda sent: say.sent(sent, size),
             sends=True,
         )
 
     def sendall(self, data: Any, flags: int = 0, /) -> None:
-        call = f"sendall(fd {self.fileno()}, {memoryview(data).nbytes} bytes)"
+        call = self._call("sendall", say.byte_count(memoryview(data).nbytes))
         self._run(
             call, lambda: super(TracedSocket, self).sendall(data, flags), _nothing, sends=True
         )
@@ -500,22 +335,22 @@ class TracedSocket(socket.socket):
         size = sum(memoryview(buffer).nbytes for buffer in args[0])
         args = (list(args[0]), *args[1:])  # the buffers may be a one-shot iterator
         return self._run(
-            f"sendmsg(fd {self.fileno()}, {size} bytes)",
+            self._call("sendmsg", say.byte_count(size)),
             lambda: super(TracedSocket, self).sendmsg(*args),
-            lambda sent: _sent(sent, size),
+            lambda sent: say.sent(sent, size),
             sends=True,
         )
 
     def shutdown(self, how: int, /) -> None:
-        call = f"shutdown(fd {self.fileno()}, {_SHUTDOWN_NAMES.get(how, how)})"
+        call = self._call("shutdown", say.shutdown_how(how))
         self._run(call, lambda: super(TracedSocket, self).shutdown(how), _nothing)
 
     def close(self) -> None:
         with self.tracer.atomic():  # no SO_LINGER timeout is ever set: close() does not wait
-            fd = self.fileno()
+            number = self.fileno()
             super().close()
-            if fd != -1 and self.fileno() == -1:  # really closed (not a second, no makefile)
-                self.tracer.returned(f"close(fd {fd})")
+            if number != -1 and self.fileno() == -1:  # really closed (not a second, no makefile)
+                self.tracer.returned(Call("close", (fd(number),)))
 
 
 def _nothing(_: object) -> None:
@@ -523,47 +358,13 @@ def _nothing(_: object) -> None:
 
 
 def _peer_set(_: None) -> str:
-    return "default peer set (a UDP connect sends nothing)"
-
-
-def _received(data: bytes | memoryview, stream: bool = True) -> str:
-    if not data:
-        return "0 bytes: b'' (peer closed its side)" if stream else "0 bytes (an empty datagram)"
-    return f"{len(data)} bytes {preview(data)}"
-
-
-def _sent(sent: int, size: int) -> str:
-    if sent < size:
-        return f"{sent} of {size} bytes (a partial send: the rest must be sent later)"
-    return f"{sent} bytes"
-
-
-def _family(family: int) -> str:
-    try:
-        return socket.AddressFamily(family).name
-    except ValueError:
-        return str(family)
-
-
-def _kind(kind: int) -> str:
-    try:
-        return socket.SocketKind(kind & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)).name
-    except ValueError:
-        return str(kind)
+    return say.PEER_SET
 
 
 def traced_socket_class(tracer: Tracer) -> type[TracedSocket]:
     """A TracedSocket class narrating to ``tracer``: pass it where a ``socket.socket``
     class is expected (``SocketCalls.socket_class``, the client's ``socket_class``)."""
     return type("TracedSocket", (TracedSocket,), {"tracer": tracer})
-
-
-def _fds(objs: Iterable[Any]) -> list[int]:
-    return [fd_of(obj) for obj in objs]
-
-
-def _timeout_text(timeout: float | None) -> str:
-    return "no timeout" if timeout is None else f"timeout {timeout:.2f}"
 
 
 SelectFunction = Callable[
@@ -581,39 +382,28 @@ def traced_select(tracer: Tracer) -> SelectFunction:
         errors: list[socket.socket],
         timeout: float | None = None,
     ) -> tuple[list[socket.socket], list[socket.socket], list[socket.socket]]:
-        shown_timeout = "None" if timeout is None else f"{timeout:.2f}"
-        call = f"select({_fds(readers)}, {_fds(writers)}, {_fds(errors)}, {shown_timeout})"
+        call = Call(
+            "select",
+            (
+                say.fd_list(readers),
+                say.fd_list(writers),
+                say.fd_list(errors),
+                say.select_timeout(timeout),
+            ),
+        )
         waits = timeout is None or timeout > 0
         if waits:
-            tracer.waiting(call, "blocks: waits until a socket in the lists is ready")
+            tracer.waiting(call, say.blocks(say.WHY_SELECT))
         with tracer.blocked() if waits else tracer.atomic():
             try:
                 readable, writable, failed = select.select(readers, writers, errors, timeout)
             except OSError as exc:
                 tracer.failed(call, exc)
                 raise
-            parts = [
-                f"{name} {_fds(ready)}"
-                for name, ready in (
-                    ("readable", readable),
-                    ("writable", writable),
-                    ("error", failed),
-                )
-                if ready
-            ]
-            tracer.returned(call, ", ".join(parts) or "nothing ready (timeout)")
+            tracer.returned(call, say.select_ready(readable, writable, failed))
         return readable, writable, failed
 
     return traced
-
-
-def _events(events: int) -> str:
-    names = [
-        name
-        for flag, name in ((selectors.EVENT_READ, "READ"), (selectors.EVENT_WRITE, "WRITE"))
-        if events & flag
-    ]
-    return "|".join(names) or "0"
 
 
 class TracedSelector(selectors.BaseSelector):
@@ -623,10 +413,7 @@ class TracedSelector(selectors.BaseSelector):
     def __init__(self, tracer: Tracer, selector: selectors.BaseSelector | None = None) -> None:
         self.tracer = tracer
         self.selector = selector if selector is not None else selectors.DefaultSelector()
-        kind = type(self.selector).__name__
-        create, self._wait_call, self._ctl_call = _SELECTOR_CALLS.get(
-            kind, (kind, f"{kind}.select", f"{kind}.register")
-        )
+        create, self._wait_call, self._ctl_call = say.selector_calls(type(self.selector).__name__)
         fileno = getattr(self.selector, "fileno", None)
         self._fd: int | None = fileno() if fileno is not None else None
         # Zero-timeout waits that found nothing, not yet reported: asyncio polls like this
@@ -634,11 +421,11 @@ class TracedSelector(selectors.BaseSelector):
         # the calls that matter.
         self._folded_polls = 0
         if self._fd is not None:
-            self.tracer.returned(f"{create}()", f"fd {self._fd}")
+            self.tracer.returned(Call(create), say.new_descriptor(self._fd))
 
     def _ctl(self, op: str, fileobj: Any, events: int | None) -> None:
-        shown = "" if events is None else f", {_events(events)}"
-        self.tracer.returned(f"{self._ctl_call}({op}, fd {fd_of(fileobj)}{shown})")
+        shown = () if events is None else (say.interest(events),)
+        self.tracer.returned(Call(self._ctl_call, (op, fd(fd_of(fileobj)), *shown)))
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         with self.tracer.atomic():
@@ -647,10 +434,10 @@ class TracedSelector(selectors.BaseSelector):
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        fd = fd_of(fileobj)  # before: a closed socket has no descriptor any more
+        number = fd_of(fileobj)  # before: a closed socket has no descriptor any more
         with self.tracer.atomic():
             key = self.selector.unregister(fileobj)
-            self._ctl("DEL", fd, None)
+            self._ctl("DEL", number, None)
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -660,11 +447,11 @@ class TracedSelector(selectors.BaseSelector):
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        call = f"{self._wait_call}({_timeout_text(timeout)})"
+        call = Call(self._wait_call, (say.wait_timeout(timeout),))
         waits = timeout is None or timeout > 0
         if waits:
             self._report_folded()
-            self.tracer.waiting(call, "blocks: waits until a registered socket is ready")
+            self.tracer.waiting(call, say.blocks(say.WHY_SELECTOR))
         with self.tracer.blocked() if waits else self.tracer.atomic():
             try:
                 ready = self.selector.select(timeout)
@@ -676,34 +463,15 @@ class TracedSelector(selectors.BaseSelector):
                 self._folded_polls += 1
                 return ready
             self._report_folded()
-            self.tracer.returned(call, self._describe_ready(ready))
+            self.tracer.returned(call, say.selector_ready(ready))
         return ready
 
     def _report_folded(self) -> None:
         """One line for the zero-timeout waits that found nothing since the last wait shown."""
         if self._folded_polls:
             count, self._folded_polls = self._folded_polls, 0
-            self.tracer.returned(
-                f"{self._wait_call}({_timeout_text(0)})",
-                f"nothing ready, {count} time{'s' if count > 1 else ''} "
-                "(polls that do not wait, folded since the last wait shown)",
-            )
-
-    @staticmethod
-    def _describe_ready(ready: list[tuple[selectors.SelectorKey, int]]) -> str:
-        described = [
-            f"fd {key.fd} "
-            + "+".join(
-                word
-                for flag, word in (
-                    (selectors.EVENT_READ, "readable"),
-                    (selectors.EVENT_WRITE, "writable"),
-                )
-                if events & flag
-            )
-            for key, events in ready
-        ]
-        return ", ".join(described) or "nothing ready (timeout)"
+            call = Call(self._wait_call, (say.wait_timeout(0),))
+            self.tracer.returned(call, say.folded_polls(count))
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
         return self.selector.get_key(fileobj)
@@ -716,7 +484,7 @@ class TracedSelector(selectors.BaseSelector):
             self._report_folded()
             self.selector.close()
             if self._fd is not None:
-                self.tracer.returned(f"close(fd {self._fd})")
+                self.tracer.returned(Call("close", (fd(self._fd),)))
                 self._fd = None
 
 
@@ -734,6 +502,7 @@ __all__ = [
     "TracedSelector",
     "TracedSocket",
     "Tracer",
+    "preview",
     "traced_calls",
     "traced_select",
     "traced_socket_class",

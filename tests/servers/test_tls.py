@@ -115,6 +115,19 @@ def test_half_close_flushes_the_echo_then_closes(
         assert recv_until_eof(sock) == payload
 
 
+def test_an_orderly_close_says_close_notify_in_every_model(
+    tls_server: Server, context: ssl.SSLContext
+) -> None:
+    """After the whole echo the server ends TLS properly: the client reads a close_notify,
+    not a bare TCP EOF (which, with ragged EOFs not suppressed, is an SSLEOFError)."""
+    host, port = tls_server.address
+    raw = socket.create_connection((host, port), timeout=WAIT)
+    with context.wrap_socket(raw, server_hostname=host, suppress_ragged_eofs=False) as sock:
+        sock.sendall(b"bye")
+        socket.socket.shutdown(sock, socket.SHUT_WR)  # a TCP FIN; the TLS session goes on
+        assert recv_until_eof(sock) == b"bye"  # b'' only after a close_notify
+
+
 def test_8_mib_stream_comes_back_intact_over_tls(
     tls_server: Server, context: ssl.SSLContext
 ) -> None:

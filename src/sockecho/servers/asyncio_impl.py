@@ -63,6 +63,7 @@ import contextlib
 import errno
 import functools
 import importlib.util
+import logging
 import socket
 import ssl
 import time
@@ -70,14 +71,19 @@ from typing import Any, cast
 
 from sockecho import net
 from sockecho.config import ServerConfig
-from sockecho.core import EchoSession
+from sockecho.core import EchoSession, ProxyHeaderError, SourceLimitReached
 from sockecho.errors import ConfigError
+from sockecho.identity import IDENTIFY_REQUEST
 from sockecho.servers.base import (
     ACCEPT_CAPACITY_ERRNOS,
     EchoServer,
     SocketCalls,
+    idle_connections,
     sweep_interval,
 )
+from sockecho.tls import TLSBuffers
+
+log = logging.getLogger("sockecho.server")
 
 
 def new_uvloop() -> asyncio.AbstractEventLoop:
@@ -154,16 +160,84 @@ class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
             self.server.connection_lost(self, exc)
 
 
+class PreambleEchoProtocol(EchoProtocol):
+    """:class:`EchoProtocol` for a connection with a preamble: a PROXY header to read first
+    (``--proxy-protocol``, never echoed, under its deadline) and an identity line to send
+    before the echo (``--identify``). Plain connections keep the plain protocol, whose
+    ``buffer_updated`` pays nothing for either."""
+
+    __slots__ = ("_deadline", "error")
+
+    def __init__(self, server: AsyncioServer) -> None:
+        super().__init__(server)
+        self._deadline: asyncio.TimerHandle | None = None
+        self.error: Exception | None = None  # why the server ended it, for connection_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        session = self.session
+        if session is None:
+            return
+        if session.awaiting_header:
+            self._deadline = asyncio.get_running_loop().call_later(
+                max(0.0, session.header_deadline - time.monotonic()), self._header_timed_out
+            )
+        else:
+            self._start_echo(b"")
+
+    def buffer_updated(self, nbytes: int) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None
+        assert transport is not None
+        if not session.awaiting_header:
+            super().buffer_updated(nbytes)
+            return
+        try:
+            first = self.server.header_received(session, self.server.read_buffer[:nbytes])
+        except (ProxyHeaderError, SourceLimitReached) as exc:
+            self.error = exc
+            transport.abort()
+            return
+        if first is not None:
+            self._start_echo(first)
+
+    def _start_echo(self, first: bytes) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None
+        assert transport is not None
+        if self._deadline is not None:
+            self._deadline.cancel()
+        line = self.server.identity(session, socket_of(self))
+        if line:
+            transport.write(line)
+        if first:
+            transport.write(first)
+            session.echoed(len(first))
+
+    def eof_received(self) -> bool:
+        if self.session is not None and self.session.awaiting_header:
+            self.error = ProxyHeaderError("the connection closed before a complete PROXY header")
+        return False
+
+    def _header_timed_out(self) -> None:
+        if self.session is not None and self.session.awaiting_header and self.transport:
+            self.error = self.server.header_timeout()
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.session is not None:
+            self.server.connection_lost(self, self.error or exc)
+
+
 class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
     """One TLS connection: decrypt what arrives, echo it encrypted, on the plain transport."""
 
     def __init__(self, server: AsyncioServer, context: ssl.SSLContext) -> None:
         self.server = server
         self._read_size = server.config.read_size
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._handshaking = True
+        self._tls = TLSBuffers(context, server_side=True)
         self._deadline: asyncio.TimerHandle | None = None
         self.error: Exception | None = None  # why the server ended it, for connection_lost
         self.session: EchoSession | None = None
@@ -179,49 +253,47 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
-        self._incoming.write(data)
+        self._tls.receive(data)
         self._advance()
 
     def eof_received(self) -> bool:
-        self._incoming.write_eof()  # a TCP FIN: the end of the client's input (a half-close)
+        self._tls.receive(b"")  # a TCP FIN: the end of the client's input (a half-close)
         self._advance()
         return False  # close once every echoed byte is written
 
     def _advance(self) -> None:
         """Take the handshake, then the echo, as far as the bytes received allow."""
-        transport, session = self.transport, self.session
+        transport, session, tls = self.transport, self.session, self._tls
         assert transport is not None
         assert session is not None
         try:
-            if self._handshaking:
-                self._tls.do_handshake()
-                self._handshaking = False
+            if not tls.handshake_done:
+                if not tls.do_handshake():
+                    transport.write(tls.records())  # our part of the handshake so far
+                    return
                 if self._deadline is not None:
                     self._deadline.cancel()
-            while data := self._tls.read(self._read_size):
-                self._tls.write(data)
+                line = self.server.identity(session, socket_of(self), tls.ssl_object)
+                if line:
+                    tls.write(line)
+            while data := tls.read(self._read_size):
+                tls.write(data)
                 session.echoed(len(data))
-        except ssl.SSLWantReadError:  # wait for more records
-            if self._outgoing.pending:
-                transport.write(self._outgoing.read())
+        except ssl.SSLError as exc:  # garbage, a bad record, a vanished client
+            if not tls.handshake_done:
+                self.server.stats.tls_handshake_failed()
+            self.error = exc
+            transport.write(tls.records())  # OpenSSL's alert, if it made one
+            transport.close()
             return
-        except ssl.SSLError as exc:
-            end_of_input = isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError))
-            if self._handshaking or not end_of_input:  # garbage, a bad record, a vanished client
-                if self._handshaking:
-                    self.server.stats.tls_handshake_failed()
-                self.error = exc
-                transport.write(self._outgoing.read())  # OpenSSL's alert, if it made one
-                transport.close()
-                return
-        # b'': the client sent close_notify or half-closed; everything is echoed.
-        with contextlib.suppress(ssl.SSLError):
-            self._tls.unwrap()  # our close_notify
-        transport.write(self._outgoing.read())
-        transport.close()  # after the buffered echo is written
+        if data is not None:  # b'': the client sent close_notify or half-closed: all echoed
+            tls.close_notify()
+        transport.write(tls.records())
+        if data is not None:
+            transport.close()  # after the buffered echo is written
 
     def _handshake_timed_out(self) -> None:
-        if self._handshaking and self.transport is not None:
+        if not self._tls.handshake_done and self.transport is not None:
             self.server.stats.tls_handshake_failed()
             self.error = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
             self.transport.abort()
@@ -233,8 +305,13 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
             self.server.connection_lost(self, self.error or exc)
 
 
-#: What the loop holds per connection: the plain protocol or the TLS one.
+#: What the loop holds per connection: the plain protocol (with a preamble or not) or the TLS one.
 AnyEchoProtocol = EchoProtocol | TLSEchoProtocol
+
+
+def socket_of(protocol: AnyEchoProtocol) -> Any:
+    """The connection's socket (asyncio's socket-like wrapper), for the idle sweep."""
+    return None if protocol.transport is None else protocol.transport.get_extra_info("socket")
 
 
 class EchoDatagramProtocol(asyncio.DatagramProtocol):
@@ -261,6 +338,8 @@ class EchoDatagramProtocol(asyncio.DatagramProtocol):
             self.server.datagram_echoed(len(data), BlockingIOError("udp send buffer full"))
             return
         self._send_error = None
+        if data == IDENTIFY_REQUEST:
+            data = self.server.datagram_identity(self.sock, addr, data)
         if data:
             transport.sendto(data, addr)  # a failure to send now is reported in error_received
         else:
@@ -331,6 +410,8 @@ class AsyncioServer(EchoServer):
     def _new_protocol(self) -> AnyEchoProtocol:
         if self.tls_context is not None:
             return TLSEchoProtocol(self, self.tls_context)
+        if self.config.proxy_protocol is not None or self.config.identify is not None:
+            return PreambleEchoProtocol(self)
         return EchoProtocol(self)
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -342,6 +423,10 @@ class AsyncioServer(EchoServer):
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS:
             self.accept_failed(exc)
+        elif context.get("protocol") in self._protocols:
+            # One connection's callback failed: its transport closes it and connection_lost
+            # logs the close with the error (release()); the traceback is for -v only.
+            log.debug("%s", context.get("message"), exc_info=exc)
         else:
             loop.default_exception_handler(context)
 
@@ -401,7 +486,13 @@ class AsyncioServer(EchoServer):
                 datagram_transports.append(endpoint)
             if self.config.idle_timeout:
                 sweeper = asyncio.create_task(self._sweep_idle())
-            await self._stop_requested.wait()
+            stop = asyncio.create_task(self._stop_requested.wait())
+            # The sweeper never ends by itself: if it does, it failed, and so has the model.
+            waiting = {stop} if sweeper is None else {stop, sweeper}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if sweeper is not None and sweeper.done():
+                sweeper.result()  # raises what ended it
         finally:
             for server in servers:
                 server.close()  # stop accepting; open connections go on for the drain
@@ -409,7 +500,7 @@ class AsyncioServer(EchoServer):
                 transport.abort()  # unsent echoes are dropped: UDP promises no delivery
             self.close_listeners()  # closes what no server or transport took over
             await self._drain()
-            if sweeper is not None:
+            if sweeper is not None and not sweeper.done():
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
@@ -432,12 +523,7 @@ class AsyncioServer(EchoServer):
         interval = sweep_interval(self.config.idle_timeout)
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            for protocol, session in list(self._protocols.items()):
-                transport = protocol.transport
-                if transport is None:
-                    continue
-                queue = functools.partial(net.kernel_unsent, transport.get_extra_info("socket"))
-                if session.is_idle(now, queue):
+            for protocol in idle_connections(self._protocols, socket_of):
+                if protocol.transport is not None:
                     self._idle_closed.add(protocol)
-                    transport.abort()
+                    protocol.transport.abort()

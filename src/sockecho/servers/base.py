@@ -1,19 +1,40 @@
-"""What every server model has in common: the surface, the bookkeeping, the stop signal.
+"""The surface every server model shares: lifecycle, admission, logging, UDP, the stop.
 
-A model subclasses :class:`EchoServer` and writes two methods:
+The servers package, one idea a file::
+
+    base.py            this file: EchoServer, what every model has in common
+    blocking.py        BlockingModel: wait for a client, accept(), blocking recv()/sendall()
+      iterative.py       one client at a time                         (exercise 1)
+      threading_model.py a thread per client
+    readiness.py       ReadinessModel: one thread, non-blocking sockets, a readiness wait
+      select_loop.py     select.select()                              (exercise 2)
+      selectors_loop.py  selectors.DefaultSelector (epoll)
+    asyncio_impl.py    asyncio's event loop and its transports do the waiting
+
+The echo rules themselves (what is pending, flow control, idle, limits) are in
+:mod:`sockecho.core`, free of I/O.
+
+A model subclasses :class:`EchoServer` (usually through one of the two machineries)
+and writes two methods:
 
 * ``serve()`` - wait for work and move bytes until :meth:`EchoServer.request_stop`
   is called, then close every socket it opened and return;
 * ``wake()`` - make a blocked ``serve()`` look at ``self.stopping`` (thread-safe).
 
 Everything else (binding, admission limits, counters, the open/close log lines,
-classifying per-connection errors, the UDP echo step) is here or in :mod:`sockecho.core`, so a
-model module reads as just its design.
+classifying per-connection errors, the UDP echo step, which connections are idle)
+is here, so a model module reads as just its design.
 
 Stopping: ``request_stop()`` sets ``stopping``; the model closes its listeners at
 once (no new clients) and gives open connections up to ``drain_timeout`` seconds
 to finish their echoes, then closes the rest. A second ``request_stop()`` or
-``graceful=False`` skips the drain.
+``graceful=False`` skips the drain. A model whose ``serve()`` fails on its own
+closes its connections within the same drain time and lets the exception out
+(:class:`sockecho.Server` reports it as :class:`~sockecho.errors.ServerFailed`).
+
+Failures of one connection: any exception while serving one connection, even a
+bug of ours, ends that connection only (:meth:`EchoServer.release` logs it, with
+its traceback at ``-v``); it never reaches the model's loop.
 
 UDP (``--udp``): :meth:`EchoServer.open` also binds ``datagram_sockets`` on the
 listeners' port number; a model waits for them beside its listeners in its own
@@ -23,12 +44,9 @@ when one is readable. :meth:`EchoServer.close_listeners` closes them with the
 listeners when a stop begins.
 
 TLS (``--tls-cert``/``--tls-key``): ``tls_context`` is built once (by
-:mod:`sockecho.tls`). :class:`BlockingModel` wraps each accepted socket and runs
-the handshake under one deadline; :class:`NonBlockingModel` drives a
-non-blocking handshake from the loop (``SSLWantReadError`` /
-``SSLWantWriteError``) and reads what the SSL object still holds (``pending()``),
-which no readiness event announces. A failed or timed-out handshake is counted
-in ``tls_handshake_failures`` and ends that connection only.
+:mod:`sockecho.tls`); each machinery uses it in its own style (see there). A
+failed or timed-out handshake is counted in ``tls_handshake_failures`` and ends
+that connection only.
 """
 
 from __future__ import annotations
@@ -36,30 +54,36 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import json
 import logging
 import select
 import selectors
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
-from sockecho import net, tls
+from sockecho import logs, net, tls
 from sockecho.config import ServerConfig
 from sockecho.core import (
+    UNKNOWN_SOURCE,
     ConnectionGate,
     DatagramPolicy,
     DatagramVerdict,
     EchoSession,
+    ProxyHeaderError,
     RateLimitedNotice,
+    Refusal,
     ServerStats,
     SessionState,
+    SourceLimitReached,
 )
 from sockecho.errors import BindError
+from sockecho.identity import IDENTIFY_REQUEST, identity_line, identity_object
+from sockecho.proxy_protocol import ProxyVersions
 
 #: accept() errors that mean "out of a resource", not "this client is bad": the listener
 #: stays, the model backs off for ACCEPT_BACKOFF seconds and tries again (as trio, asyncio
@@ -72,8 +96,9 @@ PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, Time
 #: Datagrams echoed per readiness event at most, so a UDP flood cannot starve TCP clients
 #: of the loop (the rest wait in the socket's receive buffer for the next turn).
 DATAGRAM_BATCH = 64
-#: Attempts at finding a port free for both TCP and UDP when the kernel picks it (port 0):
-#: the TCP port it gives may be taken for UDP by an unrelated socket.
+#: Attempts at finding a port free on every address of the host, for TCP and UDP, when the
+#: kernel picks it (port 0): it picks for the first address only, and the number may be taken
+#: on another one (``localhost``: 127.0.0.1 and ::1) or for UDP by an unrelated socket.
 PORT_ATTEMPTS = 8
 
 log = logging.getLogger("sockecho.server")
@@ -161,15 +186,16 @@ class EchoServer(abc.ABC):
         and their ``udp://`` URLs come after the ``tcp://`` ones.
         """
         for attempt in range(PORT_ATTEMPTS):
-            self.listeners = net.open_listeners(
-                self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
-            )
-            if not self.config.udp:
-                break
             try:
-                self.datagram_sockets = net.open_datagram_sockets(
-                    self.config.host, self.listeners[0].getsockname()[1], self.calls.socket_class
+                self.listeners = net.open_listeners(
+                    self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
                 )
+                if self.config.udp:
+                    self.datagram_sockets = net.open_datagram_sockets(
+                        self.config.host,
+                        self.listeners[0].getsockname()[1],
+                        self.calls.socket_class,
+                    )
                 break
             except BindError:
                 self.close_listeners()
@@ -217,26 +243,29 @@ class EchoServer(abc.ABC):
 
     def admit(self, addr: net.SockAddr) -> EchoSession | None:
         """Decide about a freshly accepted client at ``addr``: a session to serve, or None
-        when a limit is reached or the server is stopping (then close the socket at once)."""
+        when a limit is reached or the server is stopping (then close the socket at once).
+
+        With ``proxy_protocol`` the session first awaits its header (see
+        :meth:`header_received`): only the global limit applies now, the per-source
+        limit once the header names the client (:class:`~sockecho.core.ConnectionGate`).
+        """
         source = net.source_of(addr)
+        peer = net.format_sockaddr(addr)
         if self.stopping:
             self.stats.rejected()
-            log.debug("refused %s: the server is stopping", net.format_sockaddr(addr))
+            log.debug("refused %s: the server is stopping", peer)
             return None
-        if not self.gate.admit(source):
-            folded = self._rejections.note()
-            if folded:
-                log.warning(
-                    "rejected %d connection(s): limit reached (%d connections, %s per source)",
-                    folded,
-                    self.gate.max_connections,
-                    self.gate.max_per_source or "no limit",
-                )
-            self.stats.rejected()  # after the log line, as in release()
+        proxied = self.config.proxy_protocol is not None
+        refusal = self.gate.try_admit(UNKNOWN_SOURCE if proxied else source)
+        if refusal is not None:
+            self.rejected(peer, refusal)
             return None
-        session = EchoSession(self.config, net.format_sockaddr(addr), source)
-        log.info("open %s", session.peer)
-        self.stats.opened()
+        session = EchoSession(self.config, peer, UNKNOWN_SOURCE if proxied else source)
+        if proxied:
+            versions = cast(ProxyVersions, self.config.proxy_protocol)
+            session.expect_proxy_header(versions, self.config.proxy_header_timeout)
+        else:
+            self.opened(session)
         return session
 
     def admit_socket(self, conn: socket.socket, addr: net.SockAddr) -> EchoSession | None:
@@ -248,6 +277,87 @@ class EchoServer(abc.ABC):
             net.set_nodelay(conn)
         return session
 
+    def rejected(self, peer: str, refusal: Refusal) -> None:
+        """Count and (rate-limited) log a connection refused by a limit."""
+        folded = self._rejections.note()
+        if folded:
+            log.warning(
+                "rejected %d connection(s): limit reached (%d connections, %s per source)",
+                folded,
+                self.gate.max_connections,
+                self.gate.max_per_source or "no limit",
+                extra=logs.event("rejected", peer=peer, reason=refusal.value, count=folded),
+            )
+        self.stats.rejected(per_source=refusal is Refusal.SOURCE)  # after the log line
+
+    def opened(self, session: EchoSession) -> None:
+        """Log and count ``session`` as open (at accept, or once its PROXY header is read)."""
+        session.admitted = True
+        via = f" via {session.via}" if session.via else ""
+        log.info(
+            "open %s%s",
+            session.peer,
+            via,
+            extra=logs.event("open", peer=session.peer, via=session.via or None),
+        )
+        self.stats.opened()
+
+    def header_received(
+        self, session: EchoSession, data: bytes | bytearray | memoryview
+    ) -> bytes | None:
+        """Bytes read while ``session.awaiting_header`` (``b''``: the client closed).
+
+        None: read more. Bytes: the header is complete and the connection open
+        (logged, counted, under its client's per-source limit); they are the client's
+        first data: write :meth:`identity` (if any), then echo them. Raises
+        :class:`~sockecho.core.ProxyHeaderError` (not a valid header) or
+        :class:`~sockecho.core.SourceLimitReached`: close the connection and
+        :meth:`release` it with that error, as with any other.
+        """
+        rest = session.header_received(data)
+        if rest is None:
+            return None
+        header = session.proxy_header
+        assert header is not None
+        client = header.describe()["source"]
+        if header.source is not None and client is not None:  # the header names the client
+            client_source = net.source_of(header.source)
+            if not self.gate.reassign(UNKNOWN_SOURCE, client_source):
+                raise SourceLimitReached(client)
+            session.source = client_source
+            session.via = session.peer
+            session.peer = client
+        self.opened(session)
+        return rest
+
+    def header_timeout(self) -> ProxyHeaderError:
+        """The error that closes a connection whose PROXY header is late."""
+        return ProxyHeaderError(
+            f"no complete PROXY header within {self.config.proxy_header_timeout:g} s"
+        )
+
+    def identity(self, session: EchoSession, sock: Any, tls_object: Any = None) -> bytes:
+        """The ``--identify`` line for ``session`` on ``sock`` (b'' without ``identify``).
+
+        ``sock`` answers ``getsockname()`` (a socket, or an asyncio transport's
+        ``get_extra_info``); ``tls_object`` is the connection's SSLSocket/SSLObject.
+        Write it after the TLS handshake and the PROXY header, before any echo.
+        """
+        if self.config.identify is None:
+            return b""
+        try:
+            local = net.format_sockaddr(sock.getsockname())
+        except OSError:
+            local = None
+        header = session.proxy_header
+        return identity_line(
+            self.config.identify,
+            peer=session.peer,
+            local=local,
+            proxy=header.describe() if header is not None else None,
+            tls_info=tls.describe_session(tls_object) if tls_object is not None else None,
+        )
+
     def release(
         self, session: EchoSession, error: BaseException | None = None, *, idle: bool = False
     ) -> None:
@@ -256,22 +366,53 @@ class EchoServer(abc.ABC):
             return
         session.close()
         self.gate.release(session.source)
+        if not session.admitted:  # a PROXY connection that never got past its header
+            self.header_failed(session, error)
+            return
         # A client that speaks something other than TLS to a TLS port is its own problem.
         unexpected = error is not None and not isinstance(error, (*PEER_GONE, ssl.SSLError))
-        why = " (idle timeout)" if idle else ""
+        reason = "idle timeout" if idle else "closed"
         if error is not None:
-            why = f" ({describe_error(error)})"
+            reason = describe_error(error)
         log.log(
             logging.WARNING if unexpected else logging.INFO,
             "close %s: echoed %d bytes in %.3f s%s",
             session.peer,
             session.bytes_sent,
             session.duration(),
-            why,
+            "" if reason == "closed" else f" ({reason})",
+            extra=logs.event(
+                "close",
+                peer=session.peer,
+                bytes=session.bytes_sent,
+                duration=round(session.duration(), 6),
+                reason=reason,
+            ),
         )
+        if unexpected:  # not a network event: a bug of ours or of a library; -v shows where
+            log.debug("the error that closed %s:", session.peer, exc_info=error)
         # Counted after it is logged: whoever waits on the counters (stats.wait_for) then
         # finds the line too.
         self.stats.closed(session, error=error is not None, idle=idle)
+
+    def header_failed(self, session: EchoSession, error: BaseException | None) -> None:
+        """A PROXY connection closed before it was open: one line saying why, counted."""
+        if isinstance(error, SourceLimitReached):
+            self.rejected(str(error), Refusal.SOURCE)
+            return
+        if isinstance(error, ProxyHeaderError):
+            why = str(error)
+        elif error is not None:
+            why = f"{describe_error(error)} before a complete PROXY header"
+        else:
+            why = "closed before a complete PROXY header"
+        log.warning(
+            "proxy header from %s: %s",
+            session.peer,
+            why,
+            extra=logs.event("proxy_failed", peer=session.peer, reason=why),
+        )
+        self.stats.proxy_header_failed()
 
     def accept_failed(self, exc: OSError) -> bool:
         """Handle an accept() error. True: a capacity error, back off before accepting again."""
@@ -307,6 +448,8 @@ class EchoServer(abc.ABC):
                 continue
             if not self.should_echo_datagram(addr):
                 continue
+            if data == IDENTIFY_REQUEST:
+                data = self.datagram_identity(sock, addr, data)
             try:
                 sock.sendto(data, addr)
             except OSError as exc:  # unreachable, or the send buffer is full: UDP may drop
@@ -332,6 +475,18 @@ class EchoServer(abc.ABC):
             )
         return False
 
+    def datagram_identity(self, sock: Any, addr: net.SockAddr, data: bytes) -> bytes:
+        """The reply to a datagram of exactly ``sockecho-identify``: the identity object with
+        ``--identify`` (without its newline), else its plain echo."""
+        if self.config.identify is None:
+            return data
+        try:
+            local = net.format_sockaddr(sock.getsockname())
+        except OSError:
+            local = None
+        obj = identity_object(self.config.identify, peer=net.format_sockaddr(addr), local=local)
+        return json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")).encode()
+
     def datagram_echoed(self, size: int, error: OSError | None = None) -> None:
         """Count an echo of ``size`` bytes handed to the kernel, or its failure."""
         if error is not None:
@@ -348,492 +503,34 @@ def describe_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class BlockingModel(EchoServer):
-    """Shared plumbing of the blocking models (``iterative``, ``threading``).
-
-    They wait for a client in a selector over the listening sockets and a
-    :class:`Waker` (so a stop request can wake them, and several listening
-    addresses are watched at once), then call ``accept()`` on the ready
-    listener, which is non-blocking (a client that left meanwhile costs an
-    ``EAGAIN``, not a stall). The accepted socket is made blocking: serving a
-    client is plain blocking ``recv()``/``sendall()``. Open connection sockets
-    are tracked so that a stop can shut down the ones still open when the drain
-    time is over, which wakes whatever thread is blocked in their ``recv()``.
-    """
-
-    #: Echo UDP datagrams in :meth:`next_client` while waiting for a client (iterative);
-    #: otherwise the model serves its UDP sockets elsewhere (threading: their own thread).
-    echo_datagrams_while_waiting: ClassVar[bool] = False
-    #: Enforce the idle limit by calling :meth:`sweep_idle_connections` from a thread of the
-    #: model's own (threading) instead of with a socket timeout (iterative). CPython
-    #: implements a socket timeout as a poll() before every recv() and send(): two more
-    #: system calls and GIL hand-offs per echo (docs/PERFORMANCE.md).
-    idle_by_sweep: ClassVar[bool] = False
-
-    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
-        super().__init__(config, calls)
-        self._waker = Waker()
-        # Created on first use and kept: a selector per accept would need a fresh descriptor
-        # exactly when they may have run out (EMFILE), and would come and go under fd counts.
-        self._waiting: selectors.BaseSelector | None = None
-        self._open: set[socket.socket] = set()
-        self._sessions: dict[socket.socket, EchoSession] = {}  # of open connections
-        self._idle_closed: set[socket.socket] = set()  # shut down by an idle sweep
-        self._open_changed = threading.Condition()
-        self._expiry: threading.Timer | None = None
-        self._drain_over = False  # set once a stop's drain time is over
-
-    def wake(self) -> None:
-        # Stop accepting at once, even while the serving thread is busy with a client (the
-        # iterative model): on Linux shutdown(SHUT_RD) takes a listening socket out of the
-        # LISTEN state, so new clients are refused instead of queueing in the backlog.
-        for listener in self.listeners:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RD)
-        self._waker.wake()
-        deadline = self.drain_deadline()
-        with self._open_changed:
-            if self._expiry is not None:
-                self._expiry.cancel()
-            self._expiry = threading.Timer(
-                max(0.0, deadline - time.monotonic()), self._shutdown_open
-            )
-            self._expiry.daemon = True
-            self._expiry.name = "sockecho-drain-timer"  # as --trace names it
-            self._expiry.start()
-
-    def abandon(self) -> None:
-        super().abandon()
-        self._waker.close()
-
-    def _shutdown_open(self) -> None:
-        with self._open_changed:
-            self._drain_over = True
-            for conn in self._open:
-                with contextlib.suppress(OSError):
-                    # Wakes the blocked recv()/sendall(). The plain socket's shutdown, even
-                    # under TLS: SSLSocket.shutdown() would drop the SSL state under the
-                    # feet of the thread using it.
-                    socket.socket.shutdown(conn, socket.SHUT_RDWR)
-
-    def next_client(self) -> tuple[socket.socket, net.SockAddr] | None:
-        """Wait for a connection and accept it; None when stopping.
-
-        With :attr:`echo_datagrams_while_waiting` (the iterative model), UDP
-        datagrams that arrive meanwhile are echoed here: its only chance to.
-        """
-        if self._waiting is None:  # one selector for the server's life, not one per client
-            self._waiting = self.calls.new_selector()
-            for sock in self.listeners:
-                sock.setblocking(False)
-                self._waiting.register(sock, selectors.EVENT_READ)
-            if self.echo_datagrams_while_waiting:
-                for sock in self.datagram_sockets:
-                    sock.setblocking(False)
-                    self._waiting.register(sock, selectors.EVENT_READ)
-            self._waiting.register(self._waker.reader, selectors.EVENT_READ)
-        while not self.stopping:
-            for key, _events in self._waiting.select():
-                if key.fileobj is self._waker.reader:
-                    self._waker.drain()
-                    continue
-                ready = key.fileobj
-                assert isinstance(ready, socket.socket)
-                if ready.type == socket.SOCK_DGRAM:
-                    self.echo_datagrams(ready)
-                    continue
-                try:
-                    conn, addr = ready.accept()
-                except BlockingIOError:
-                    continue  # the client already left
-                except OSError as exc:
-                    if self.accept_failed(exc):
-                        # Back off on the waker alone (a stop still interrupts it): the
-                        # listener stays readable while the client waits, so waiting on it
-                        # too would return at once and spin.
-                        self.calls.select([self._waker.reader], [], [], ACCEPT_BACKOFF)
-                    continue
-                conn.setblocking(True)
-                return conn, addr
-        return None
-
-    def track(self, conn: socket.socket) -> None:
-        with self._open_changed:
-            self._open.add(conn)
-            # Admitted just before a stop and tracked after the drain ended: no drain for it.
-            # (A stop that arrives between admission and here must not cut everyone else's
-            # drain short: the expiry timer will find this connection in _open in time.)
-            if self._drain_over:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def retrack(self, old: socket.socket, new: socket.socket) -> None:
-        """``new`` replaces tracked ``old`` (TLS wraps the accepted socket in a new object)."""
-        with self._open_changed:
-            self._open.discard(old)
-            self._open.add(new)
-
-    def close_tracked(self, conn: socket.socket) -> None:
-        """Close a connection's socket and stop tracking it, in one step under the lock.
-
-        Closing first means :meth:`wait_closed` (and so ``serve()``) returns only once
-        every connection socket is really closed; holding the lock means the drain's
-        ``shutdown()`` never reaches a descriptor number that is being closed and reused.
-        """
-        with self._open_changed:
-            self._open.discard(conn)
-            conn.close()
-            self._open_changed.notify_all()
-
-    def wait_closed(self) -> None:
-        """After the accept loop ended: wait for open connections (the drain), then clean up."""
-        if self._waiting is not None:
-            self._waiting.close()
-        self.close_listeners()
-        with self._open_changed:
-            self._open_changed.wait_for(lambda: not self._open)
-            if self._expiry is not None:
-                self._expiry.cancel()
-        self._waker.close()
-
-    def echo_until_closed(self, conn: socket.socket, session: EchoSession) -> None:
-        """The blocking echo loop of exercise 1: recv, sendall, until the peer is done.
-
-        ``sendall`` blocks while the client does not read: that is this design's
-        back-pressure, and it holds at most one ``read_size`` buffer per client.
-        """
-        error: BaseException | None = None
-        idle = False
-        self.track(conn)
-        try:
-            if self.tls_context is not None:
-                conn, error = self.tls_accept(conn)
-                if error is not None:
-                    return
-            if self.idle_by_sweep:  # the socket that echoes (after TLS) is the one swept
-                self._sessions[conn] = session
-                conn.settimeout(None)
-            else:
-                conn.settimeout(self.config.idle_timeout or None)
-            while True:
-                data = conn.recv(self.config.read_size)
-                if not data:  # b'': the client shut down its sending side (or closed)
-                    break
-                conn.sendall(data)
-                session.echoed(len(data))
-        except TimeoutError:
-            idle = True
-        except OSError as exc:  # reset, broken pipe, shut down by a stop: this client only
-            error = exc
-        finally:
-            self.close_tracked(conn)
-            self._sessions.pop(conn, None)
-            if conn in self._idle_closed:  # the sweep's shutdown ended the recv()/sendall()
-                self._idle_closed.discard(conn)
-                idle, error = True, None
-            self.release(session, error, idle=idle)
-
-    def sweep_idle_connections(self) -> None:
-        """Shut down every connection idle past the limit; its thread then ends as an idle
-        close. Under the lock :meth:`close_tracked` takes, so a closed socket is never touched."""
-        now = time.monotonic()
-        with self._open_changed:
-            for conn in self._open:
-                session = self._sessions.get(conn)
-                if session is not None and session.is_idle(now, partial(net.kernel_unsent, conn)):
-                    self._idle_closed.add(conn)
-                    with contextlib.suppress(OSError):
-                        conn.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv()/sendall()
-
-    def tls_accept(self, conn: socket.socket) -> tuple[socket.socket, OSError | None]:
-        """Wrap accepted ``conn`` in TLS and complete the handshake: (the socket to use, the
-        error that ended the handshake or None).
-
-        The timeout is a deadline for the whole handshake, not for each read in it, so a
-        client sending its ClientHello a byte at a time gets no longer than a silent one.
-        """
-        assert self.tls_context is not None
-        conn.settimeout(self.config.tls_handshake_timeout)
-        try:
-            tls_conn = self.tls_context.wrap_socket(
-                conn, server_side=True, do_handshake_on_connect=False
-            )
-        except OSError as exc:
-            self.stats.tls_handshake_failed()
-            return conn, exc
-        self.retrack(conn, tls_conn)
-        try:
-            tls_conn.do_handshake()
-        except OSError as exc:  # garbage instead of a ClientHello, a reset, the deadline
-            self.stats.tls_handshake_failed()
-            return tls_conn, exc
-        return tls_conn, None
-
-
-#: Seconds between idle sweeps of the event-loop models (idle closes are this late at most).
+#: Seconds between idle sweeps (idle closes are this late at most).
 IDLE_SWEEP_INTERVAL = 1.0
-#: What a non-blocking recv()/send() raises when it must wait: for plain sockets
-#: BlockingIOError; under TLS, the SSL object may need to read or to write first.
-TRY_AGAIN = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def sweep_interval(idle_timeout: float, *timeouts: float) -> float:
-    """How often an event loop checks for idle connections (and other ``timeouts``), seconds."""
+    """How often a model checks for idle connections (and other ``timeouts``), seconds."""
     return min([IDLE_SWEEP_INTERVAL, *(t / 4 for t in (idle_timeout, *timeouts) if t)])
 
 
-def tls_buffered(conn: socket.socket) -> bool:
-    """Whether the SSL object holds decrypted bytes not read yet (no readiness announces them)."""
-    return isinstance(conn, ssl.SSLSocket) and conn.pending() > 0
+def idle_connections(
+    sessions: Mapping[Key, EchoSession], socket_of: Callable[[Key], Any]
+) -> list[Key]:
+    """The one idle sweep every model runs: the connections idle past the limit, now.
 
-
-@dataclass(slots=True)
-class PendingHandshake:
-    """A TLS connection of a readiness model that has not finished its handshake."""
-
-    deadline: float  # monotonic time at which it is closed if still handshaking
-    wants_write: bool = False  # the SSL object waits to write (else to read)
-
-
-class NonBlockingModel(EchoServer):
-    """Shared byte-moving steps of the readiness models (``select``, ``selectors``).
-
-    Sockets are non-blocking: ``recv()`` and ``send()`` never wait, they raise
-    ``BlockingIOError`` instead. The loop asks the kernel which sockets are ready
-    and calls :meth:`on_readable` / :meth:`on_writable`; the session decides what
-    is pending and whether to keep reading.
+    ``sessions`` maps whatever the model keeps per connection (a socket, a
+    protocol) to its session; ``socket_of`` gives the connection's socket, whose
+    kernel send queue counts as activity (a client slowly draining a large echo
+    is not idle). Each model closes what this returns in its own way.
     """
+    now = time.monotonic()
+    return [
+        key
+        for key, session in list(sessions.items())
+        if session.is_idle(now, partial(_kernel_unsent, socket_of(key)))
+    ]
 
-    def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
-        super().__init__(config, calls)
-        self._waker = Waker()
-        self.sessions: dict[socket.socket, EchoSession] = {}
-        #: TLS connections still handshaking (they have a session, but echo nothing yet)
-        self.handshakes: dict[socket.socket, PendingHandshake] = {}
-        #: monotonic time before which listeners are not watched (after EMFILE and friends)
-        self.accept_paused_until = 0.0
 
-    def wake(self) -> None:
-        self._waker.wake()
-
-    def abandon(self) -> None:
-        super().abandon()
-        self._waker.close()
-
-    def accept_ready(self, listener: socket.socket) -> bool:
-        """Accept every waiting client; False when out of descriptors (then back off:
-        do not watch the listeners until ``accept_paused_until``)."""
-        while True:
-            try:
-                conn, addr = listener.accept()
-            except BlockingIOError:
-                return True
-            except OSError as exc:
-                if self.accept_failed(exc):
-                    self.accept_paused_until = time.monotonic() + ACCEPT_BACKOFF
-                    return False
-                continue
-            if not self.can_watch(conn):
-                conn.close()
-                continue
-            session = self.admit_socket(conn, addr)
-            if session is None:
-                continue
-            conn.setblocking(False)
-            if self.tls_context is None:
-                self.sessions[conn] = session
-                self.watch_or_drop(conn, session)
-                continue
-            try:
-                conn = self.tls_context.wrap_socket(
-                    conn, server_side=True, do_handshake_on_connect=False
-                )
-            except OSError as exc:
-                self.stats.tls_handshake_failed()
-                conn.close()
-                self.release(session, exc)
-                continue
-            self.sessions[conn] = session
-            deadline = time.monotonic() + self.config.tls_handshake_timeout
-            self.handshakes[conn] = PendingHandshake(deadline)
-            self.continue_handshake(conn, session)
-
-    def can_watch(self, conn: socket.socket) -> bool:
-        """Whether this loop can wait on ``conn`` (the select model says no at FD_SETSIZE)."""
-        return True
-
-    def watch(self, conn: socket.socket, session: EchoSession) -> None:
-        """Start (or update) waiting on ``conn`` for its :meth:`interest`. Default: nothing."""
-
-    def interest(self, conn: socket.socket, session: EchoSession) -> tuple[bool, bool]:
-        """(wait to read, wait to write) for ``conn``: what its session, or its TLS
-        handshake, is waiting for."""
-        handshake = self.handshakes.get(conn)
-        if handshake is not None:
-            return not handshake.wants_write, handshake.wants_write
-        return session.wants_read, session.wants_write
-
-    def continue_handshake(self, conn: socket.socket, session: EchoSession) -> None:
-        """Take the TLS handshake of ``conn`` one step further, as far as the socket allows."""
-        assert isinstance(conn, ssl.SSLSocket)
-        handshake = self.handshakes[conn]
-        try:
-            conn.do_handshake()
-        except ssl.SSLWantReadError:
-            handshake.wants_write = False
-        except ssl.SSLWantWriteError:
-            handshake.wants_write = True
-        except OSError as exc:  # garbage instead of a ClientHello, a reset...
-            self.stats.tls_handshake_failed()
-            self.drop(conn, session, exc)
-            return
-        else:
-            del self.handshakes[conn]
-        self.watch_or_drop(conn, session)  # echo interest now, or the handshake's next step
-
-    def forget(self, conn: socket.socket) -> None:
-        """Stop waiting on connection ``conn`` (before it is closed). Default: nothing."""
-
-    def accepting(self) -> bool:
-        """Whether to watch the listeners now (not while backing off from EMFILE)."""
-        if self.accept_paused_until and time.monotonic() >= self.accept_paused_until:
-            self.accept_paused_until = 0.0
-        return not self.accept_paused_until and not self.stopping
-
-    def on_readable(self, conn: socket.socket, session: EchoSession) -> None:
-        """recv() once and echo it at once; only what the kernel does not take is kept.
-
-        The common case, nothing pending, sends straight from the received bytes:
-        no copy into the session and no change of interest, so an echo costs one
-        recv() and one send() (and its share of the readiness wait). Under TLS,
-        bytes the SSL object still holds decrypted are read on (while the session
-        wants more): the kernel has no readiness to report for them.
-        """
-        if conn in self.handshakes:
-            self.continue_handshake(conn, session)
-            return
-        while True:
-            try:
-                data = conn.recv(self.config.read_size)
-            except TRY_AGAIN:
-                return  # (earlier passes of this loop left nothing pending)
-            except OSError as exc:
-                self.drop(conn, session, exc)
-                return
-            if data and not session.wants_write:
-                try:
-                    sent = conn.send(data)
-                except TRY_AGAIN:
-                    sent = 0  # (TLS retries the same bytes, now first in the session's buffer)
-                except OSError as exc:
-                    self.drop(conn, session, exc)
-                    return
-                session.echoed(sent)
-                if sent == len(data):
-                    if session.wants_read and tls_buffered(conn):
-                        continue
-                    return
-                data = data[sent:]  # the kernel took part: the session keeps the rest
-            break
-        if data:
-            session.data_received(data)
-        else:  # b'': the client shut down its sending side (under TLS: or closed it)
-            session.eof_received()
-        self.on_writable(conn, session)
-
-    def on_writable(self, conn: socket.socket, session: EchoSession) -> None:
-        """send() pending echo until the kernel's buffer is full; a partial send keeps the rest."""
-        if conn in self.handshakes:
-            self.continue_handshake(conn, session)
-            return
-        try:
-            while session.wants_write:
-                sent = conn.send(session.data_to_send())
-                session.data_sent(sent)
-        except TRY_AGAIN:
-            # The client is not reading fast enough: wait until writable again. (With
-            # renegotiation refused, a TLS send never has to wait for a read.)
-            pass
-        except OSError as exc:
-            self.drop(conn, session, exc)
-            return
-        if session.finished:
-            self.drop(conn, session)
-        elif session.wants_read and tls_buffered(conn):
-            self.on_readable(conn, session)  # reading resumed below low water: catch up
-        else:
-            self.watch_or_drop(conn, session)
-
-    def watch_or_drop(self, conn: socket.socket, session: EchoSession) -> None:
-        """:meth:`watch`, ending only this connection if the kernel refuses (epoll_ctl can
-        fail with ENOMEM, or ENOSPC past fs.epoll.max_user_watches)."""
-        try:
-            self.watch(conn, session)
-        except OSError as exc:
-            self.drop(conn, session, exc)
-
-    def drop(
-        self,
-        conn: socket.socket,
-        session: EchoSession,
-        error: BaseException | None = None,
-        *,
-        idle: bool = False,
-    ) -> None:
-        """Close one connection and account for it."""
-        self.forget(conn)
-        del self.sessions[conn]
-        self.handshakes.pop(conn, None)
-        conn.close()
-        self.release(session, error, idle=idle)
-
-    def stop_accepting(self) -> None:
-        """Close the listeners (a stop): the model unregisters them first if it must."""
-        self.close_listeners()
-
-    def sweep_idle(self) -> None:
-        now = time.monotonic()
-        for conn, handshake in list(self.handshakes.items()):
-            if now >= handshake.deadline:
-                self.stats.tls_handshake_failed()
-                timeout = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
-                self.drop(conn, self.sessions[conn], timeout)
-        for conn, session in list(self.sessions.items()):
-            if session.is_idle(now, partial(net.kernel_unsent, conn)):
-                self.drop(conn, session, idle=True)
-
-    def next_timeout(self, next_sweep: float, drain_until: float | None) -> float:
-        """Seconds the readiness wait may block: until the next sweep or the drain deadline."""
-        until = next_sweep if drain_until is None else min(next_sweep, drain_until)
-        if self.accept_paused_until:
-            until = min(until, self.accept_paused_until)
-        return max(0.0, until - time.monotonic())
-
-    def run_loop(self, wait_once: Callable[[float], None]) -> None:
-        """The loop both readiness models share: wait, dispatch, sweep, stop when asked.
-
-        ``wait_once(timeout)`` is the model's own readiness wait and dispatch.
-        """
-        interval = sweep_interval(
-            self.config.idle_timeout, self.config.tls_handshake_timeout if self.tls_context else 0
-        )
-        next_sweep = time.monotonic() + interval
-        drain_until: float | None = None
-        try:
-            while True:
-                if self.stopping and drain_until is None:
-                    drain_until = self.drain_deadline()
-                    self.stop_accepting()
-                if drain_until is not None and (
-                    not self.sessions or time.monotonic() >= drain_until or not self.graceful
-                ):
-                    break
-                wait_once(self.next_timeout(next_sweep, drain_until))
-                if time.monotonic() >= next_sweep:
-                    self.sweep_idle()
-                    next_sweep = time.monotonic() + interval
-        finally:
-            for conn, session in list(self.sessions.items()):
-                self.drop(conn, session)
-            self.close_listeners()
-            self._waker.close()
+def _kernel_unsent(sock: Any) -> int:
+    return 0 if sock is None else net.kernel_unsent(sock)

@@ -16,7 +16,7 @@ How it waits
 
 What it costs
     Nothing per waiting client but a slot in the kernel's listen backlog
-    (``--backlog``, 128): no thread, no buffer. One ``read_size`` buffer in all.
+    (``--backlog``, 4096): no thread, no buffer. One ``read_size`` buffer in all.
 
 Where it breaks
     A second client connects at once (the kernel completes the handshake and
@@ -54,7 +54,7 @@ Lifecycle::
 
 from __future__ import annotations
 
-from sockecho.servers.base import BlockingModel
+from sockecho.servers.blocking import BlockingModel
 
 
 class IterativeServer(BlockingModel):

@@ -33,7 +33,8 @@ TLS (``--tls-cert``)
     whether it waits to read or to write, and the socket goes on that list.
     After it, ``recv()`` may also say "want read/write" (``SSLWantReadError``);
     and bytes the SSL object already decrypted raise no readiness, so they are
-    read at once (``pending()``). The shared steps live in ``base.NonBlockingModel``.
+    read at once (``pending()``). The shared steps live in
+    ``readiness.ReadinessModel``, in the order a student follows them.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import socket
 from sockecho.config import SELECT_MAX_CONNECTIONS, ServerConfig
 from sockecho.core import RateLimitedNotice
 from sockecho.errors import ServerFailed
-from sockecho.servers.base import NonBlockingModel, SocketCalls
+from sockecho.servers.base import SocketCalls
+from sockecho.servers.readiness import ReadinessModel
 
 log = logging.getLogger("sockecho.server")
 
@@ -52,7 +54,7 @@ log = logging.getLogger("sockecho.server")
 FD_SETSIZE = 1024
 
 
-class SelectServer(NonBlockingModel):
+class SelectServer(ReadinessModel):
     name = "select"
     summary = "one thread, select.select() over non-blocking sockets (at most 1000 clients)"
     connection_ceiling = SELECT_MAX_CONNECTIONS
@@ -107,15 +109,6 @@ class SelectServer(NonBlockingModel):
         writers = [conn for conn, (_read, write) in interests if write]
         readable, writable, _ = self.calls.select(readers, writers, [], timeout)
         for sock in readable:
-            if sock is self._waker.reader:
-                self._waker.drain()
-            elif sock in self.sessions:
-                self.on_readable(sock, self.sessions[sock])
-            elif sock in self.listeners:
-                self.accept_ready(sock)
-            elif sock in self.datagram_sockets:
-                self.echo_datagrams(sock)
+            self.on_ready(sock, readable=True, writable=False)
         for sock in writable:
-            session = self.sessions.get(sock)  # it may have been closed a moment ago
-            if session is not None:
-                self.on_writable(sock, session)
+            self.on_ready(sock, readable=False, writable=True)

@@ -19,7 +19,7 @@ UDP (``--udp``)
 
 TLS (``--tls-cert``)
     As in ``select``: the interest of a handshaking connection is what its
-    next ``do_handshake()`` step waits for (``NonBlockingModel.interest``).
+    next ``do_handshake()`` step waits for (``ReadinessModel.interest``).
 
 What it costs
     One thread; per connection a session object and a registration in the
@@ -35,10 +35,10 @@ import selectors
 import socket
 
 from sockecho.core import EchoSession
-from sockecho.servers.base import NonBlockingModel
+from sockecho.servers.readiness import ReadinessModel
 
 
-class SelectorsServer(NonBlockingModel):
+class SelectorsServer(ReadinessModel):
     name = "selectors"
     summary = "one thread, selectors.DefaultSelector (epoll) with read/write interest per socket"
 
@@ -97,15 +97,8 @@ class SelectorsServer(NonBlockingModel):
         for key, events in self._selector.select(timeout):
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
-            session = self.sessions.get(sock)
-            if session is not None:
-                if events & selectors.EVENT_READ:
-                    self.on_readable(sock, session)
-                if events & selectors.EVENT_WRITE and sock in self.sessions:
-                    self.on_writable(sock, session)
-            elif sock is self._waker.reader:
-                self._waker.drain()
-            elif sock in self.datagram_sockets:
-                self.echo_datagrams(sock)
-            elif self._listening and not self.accept_ready(sock):
-                self._listen(False)  # out of descriptors: epoll would report it ready again
+            self.on_ready(
+                sock,
+                readable=bool(events & selectors.EVENT_READ),
+                writable=bool(events & selectors.EVENT_WRITE),
+            )
