@@ -29,6 +29,9 @@ The convention (stated at the top of each tutorial and lab sheet):
 * A command must exit 0, unless its shown output has an error line
   (``sockecho: error:``, the examples' ``error en el socket:``, or a Python
   traceback).
+* A background job that ends by itself shows it as bash does, with the line
+  ``[N]+  Done    COMMAND`` under the command that ended it: the test waits
+  for job N (the block's N-th ``&`` command) to exit, with status 0.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from tests.conftest import REPO, WAIT, require_tool
 DOC_PORT = "50010"
 ERROR_PREFIXES = ("sockecho: error:", "error en el socket:", "Traceback (most recent call last):")
 READY_PREFIX = "listening on tcp://"
+#: The shell's notice that background job N ended by itself with status 0.
+JOB_DONE = re.compile(r"\[(\d+)\][+-]?\s+Done\s+(.+)")
 
 
 @dataclass
@@ -288,6 +293,17 @@ def run_block(block: Block, env: dict[str, str], timeout: float = WAIT) -> None:
                 f"{block}: {text!r} exited {done.returncode}\n{stdout}\n{stderr}"
             )
             checks.append((command, {"stderr": stderr, "stdout": stdout}))
+            for shown in command.shown:
+                if job := JOB_DONE.fullmatch(shown.strip()):
+                    jobs = [c.text.removesuffix(" &") for c in block.commands if c.background]
+                    number = int(job[1])
+                    assert normalise(job[2]) == normalise(jobs[number - 1]), shown
+                    ended = background[number - 1]
+                    try:
+                        code = ended.proc.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        raise AssertionError(f"{block}: job {job[1]} did not end") from None
+                    assert code == 0, f"{block}: job {job[1]} ended with {code}"
         # A background process may still be writing what the last command caused (a
         # server's last trace lines): wait until the shown output is there, then stop it.
         deadline = time.monotonic() + timeout
@@ -313,6 +329,8 @@ def mismatch(block: Block, checks: list[tuple[Command, Background | dict[str, st
             own = [Stream(name, text) for name, text in source.items()]
         candidates = [*own, *(stream for stream in shared if stream not in own)]
         for shown in command.shown:
+            if JOB_DONE.fullmatch(shown.strip()):
+                continue  # checked when the command ran
             if is_cut(shown):
                 for stream in candidates:
                     stream.cut = True
