@@ -84,6 +84,24 @@ class StopSignals:
         with contextlib.suppress(OSError):  # closed: the main thread is gone already
             self._writer.send(bytes([ENDED]))
 
+    def fileno(self) -> int:
+        """The descriptor to ``select()`` on beside others (``--workers``' supervisor waits
+        on its workers too); when it is readable, :meth:`take` says what came."""
+        return self._reader.fileno()
+
+    def take(self) -> list[int | None]:
+        """What has come so far, without waiting: signal numbers, and None for
+        :meth:`ended`."""
+        with contextlib.suppress(BlockingIOError):
+            self._pending.extend(self._reader.recv(256))
+        taken: list[int | None] = [
+            None if received == ENDED else received
+            for received in self._pending
+            if received == ENDED or received in self.signals
+        ]
+        self._pending.clear()
+        return taken
+
     def wait(self) -> int | None:
         """Sleep until a stop signal arrives (its number) or :meth:`ended` was called (None)."""
         while True:
