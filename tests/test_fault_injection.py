@@ -302,5 +302,5 @@ def test_asyncio_on_uvloop_obeys_the_faults_too() -> None:
         stats = ping(*srv.address, count=3, interval=0.0, timeout=WAIT, out=io.StringIO())
         # Probes 1 and 2 come back (112 bytes), then the reset fails probe 3.
         assert len(stats.rtts) == 2
-        assert 0.08 <= stats.rtts[1] <= 0.12
+        assert all(0.08 <= rtt < 1.0 for rtt in stats.rtts), stats.rtts  # held, never early
         assert srv.stats.wait_for(lambda s: s.faults.get("reset-after") == 1, WAIT)
