@@ -12,9 +12,12 @@ import pytest
 
 from sockecho import Server, client
 from sockecho.bench import BenchSpec, run_bench
+from sockecho.config import ClientTLSConfig
 from sockecho.errors import EchoMismatch, EchoTimeout
 from sockecho.ping import ping
+from sockecho.tls import client_context
 from tests.conftest import WAIT, ServeProcess, run_cli
+from tests.servers.test_tls import Certificates, certs, tls_config  # noqa: F401 (fixture)
 
 
 def test_send_with_proxy_and_identify_prints_the_identity_and_checks_the_echo() -> None:
@@ -104,7 +107,7 @@ def test_bench_cli_prints_the_spread() -> None:
 
 def test_client_proxy_with_udp_or_tls_is_a_usage_error() -> None:
     assert run_cli("bench", "--udp", "--identify").returncode == 2
-    assert run_cli("send", "--tls", "--proxy", "v1", "x").returncode == 2
+    assert run_cli("bench", "--tls", "--proxy", "v1").returncode == 2
 
 
 def test_serve_log_format_json_gives_one_object_per_event() -> None:
@@ -132,3 +135,18 @@ def test_serve_log_format_json_gives_one_object_per_event() -> None:
     assert closed["reason"] == "closed"
     assert isinstance(closed["duration"], float)
     assert "not a v1 header" in events[2]["reason"]
+
+
+def test_echo_api_sends_the_proxy_header_before_the_tls_handshake(
+    certs: Certificates,  # noqa: F811
+) -> None:
+    seen: list[dict[str, Any]] = []
+    context = client_context(ClientTLSConfig(ca_file=str(certs.ca)))
+    config = tls_config("selectors", certs, proxy_protocol="v2", identify="t")
+    with Server(config) as server:
+        host, port = server.address
+        reply = client.echo(b"hidden", host, port, WAIT, tls=context, proxy="v2",
+                            on_identity=seen.append)  # fmt: skip
+    assert reply == b"hidden"
+    assert seen[0]["proxy"]["version"] == 2
+    assert seen[0]["tls"]["version"] in ("TLSv1.2", "TLSv1.3")

@@ -519,8 +519,6 @@ def run_send(args: argparse.Namespace) -> int:
     socket_class = tracer.socket_class() if tracer else socket.socket
     if sys.stdout is None or (not args.message and sys.stdin is None):
         raise SockechoError("standard input or output is closed", "run it with both open")
-    if args.proxy and context is not None:
-        args.parser.error("--proxy cannot be combined with TLS yet")
     operations: dict[str, Any] = {"proxy": args.proxy}
     if args.identify:
         operations["on_identity"] = print_identity

@@ -197,11 +197,6 @@ class ServerConfig:
                 f"unknown PROXY protocol version {self.proxy_protocol!r}",
                 f"use one of {', '.join(PROXY_VERSIONS)}",
             )
-        if self.proxy_protocol is not None and self.tls_cert is not None:
-            raise ConfigError(
-                "--proxy-protocol cannot be combined with TLS yet",
-                "terminate TLS at the load balancer, or serve plain TCP behind it",
-            )
         if not 0 < self.proxy_header_timeout <= MAX_SECONDS:
             raise ConfigError("PROXY header timeout must be more than 0 seconds")
         if self.identify is not None and not (

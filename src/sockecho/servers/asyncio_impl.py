@@ -255,6 +255,7 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
         self._read_size = server.config.read_size
         self._tls = TLSBuffers(context, server_side=True)
         self._deadline: asyncio.TimerHandle | None = None
+        self._header_deadline: asyncio.TimerHandle | None = None
         self.error: Exception | None = None  # why the server ended it, for connection_lost
         self.session: EchoSession | None = None
         self.transport: asyncio.Transport | None = None
@@ -264,15 +265,39 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
         if self.session is not None:
-            self._deadline = asyncio.get_running_loop().call_later(
+            loop = asyncio.get_running_loop()
+            # The handshake's deadline; a PROXY header must come before, within its own.
+            self._deadline = loop.call_later(
                 self.server.config.tls_handshake_timeout, self._handshake_timed_out
             )
+            if self.session.awaiting_header:
+                self._header_deadline = loop.call_later(
+                    max(0.0, self.session.header_deadline - time.monotonic()),
+                    self._header_timed_out,
+                )
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and session.awaiting_header:  # PROXY header, then TLS
+            try:
+                rest = self.server.header_received(session, data)
+            except (ProxyHeaderError, SourceLimitReached) as exc:
+                self.error = exc
+                assert self.transport is not None
+                self.transport.abort()
+                return
+            if rest is None:
+                return
+            data = rest
+            if not data:
+                return
         self._tls.receive(data)
         self._advance()
 
     def eof_received(self) -> bool:
+        if self.session is not None and self.session.awaiting_header:
+            self.error = ProxyHeaderError("the connection closed before a complete PROXY header")
+            return False
         self._tls.receive(b"")  # a TCP FIN: the end of the client's input (a half-close)
         self._advance()
         return False  # close once every echoed byte is written
@@ -308,15 +333,23 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
         if data is not None:
             transport.close()  # after the buffered echo is written
 
+    def _header_timed_out(self) -> None:
+        if self.session is not None and self.session.awaiting_header and self.transport:
+            self.error = self.server.header_timeout()
+            self.transport.abort()
+
     def _handshake_timed_out(self) -> None:
+        if self.session is not None and self.session.awaiting_header:
+            return  # the header's own deadline ends it
         if not self._tls.handshake_done and self.transport is not None:
             self.server.stats.tls_handshake_failed()
             self.error = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        for timer in (self._deadline, self._header_deadline):
+            if timer is not None:
+                timer.cancel()
         if self.session is not None:
             self.server.connection_lost(self, self.error or exc)
 

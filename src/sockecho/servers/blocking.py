@@ -319,6 +319,8 @@ class BlockingModel(EchoServer):
                 newcomer = False  # a handshake or a header may take seconds: no priority
                 self.welcomed(plain)
             if self.tls_context is not None:
+                if session.awaiting_header:  # the PROXY header comes before the handshake
+                    self.read_header(conn, session, exact=True)
                 conn, error = self.tls_accept(conn)
                 if error is not None:
                     return
@@ -421,17 +423,21 @@ class BlockingModel(EchoServer):
                         return
                     time.sleep(STALL_LOOK_INTERVAL)
 
-    def read_header(self, conn: socket.socket, session: EchoSession) -> bytes:
+    def read_header(
+        self, conn: socket.socket, session: EchoSession, *, exact: bool = False
+    ) -> bytes:
         """``--proxy-protocol``: read the PROXY header (never echoed) under its deadline; the
         client's bytes after it. Raises ProxyHeaderError (bad, late or missing header) or
-        SourceLimitReached, which end this connection."""
+        SourceLimitReached, which end this connection. ``exact``: never read past the
+        header (TLS follows: the SSL object reads the rest)."""
         while True:
             remaining = session.header_deadline - time.monotonic()
             if remaining <= 0:
                 raise self.header_timeout()
             conn.settimeout(remaining)
+            size = session.header_bytes_wanted if exact else self.config.read_size
             try:
-                data = conn.recv(self.config.read_size)
+                data = conn.recv(size)
             except TimeoutError:
                 raise self.header_timeout() from None
             first = self.header_received(session, data)

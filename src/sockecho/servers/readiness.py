@@ -113,6 +113,7 @@ class ReadinessModel(EchoServer):
             self.config.proxy_header_timeout if self.config.proxy_protocol else 0,
         )
         next_sweep = time.monotonic() + interval
+        timed = bool(self.faults.faults)  # only --fault sets timers: one local test otherwise
         drain_until: float | None = None
         try:
             while True:
@@ -124,7 +125,7 @@ class ReadinessModel(EchoServer):
                 ):
                     break
                 wait_once(self.next_timeout(next_sweep, drain_until))
-                if self._timers:
+                if timed and self._timers:
                     self.run_timers()
                 if time.monotonic() >= next_sweep:
                     self.sweep_idle()
@@ -176,8 +177,8 @@ class ReadinessModel(EchoServer):
             if session is None:
                 continue
             conn.setblocking(False)
-            if self.tls_context is None:
-                self.sessions[conn] = session
+            if self.tls_context is None or session.awaiting_header:
+                self.sessions[conn] = session  # (TLS starts after the PROXY header)
                 if self.config.identify is not None and not session.awaiting_header:
                     self.start_echo(conn, session)
                 elif session.faulted:
@@ -201,7 +202,7 @@ class ReadinessModel(EchoServer):
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
             return
-        if session.faulted or session.awaiting_header:  # no fast path for these
+        if session.bypass:  # no fast path: a PROXY header to read, or faults
             self.read_slowly(conn, session)
             return
         while True:
@@ -235,17 +236,26 @@ class ReadinessModel(EchoServer):
 
     def read_header(self, conn: socket.socket, session: EchoSession) -> None:
         """``--proxy-protocol``: recv() into the PROXY header parser, never echoed. Once the
-        header is complete the echo starts (:meth:`start_echo`) with what followed it. A bad
+        header is complete the echo starts (:meth:`start_echo`) with what followed it, or,
+        under TLS, the handshake (the header is read exactly, never past its end). A bad
         header raises, and :meth:`on_ready` closes this connection."""
+        tls_follows = self.tls_context is not None
+        size = session.header_bytes_wanted if tls_follows else self.config.read_size
         try:
-            data = conn.recv(self.config.read_size)
+            data = conn.recv(size)
         except TRY_AGAIN:
             return
         except OSError as exc:
             self.drop(conn, session, exc)
             return
         first = self.header_received(session, data)
-        if first is not None:
+        if first is None:
+            return
+        if tls_follows:  # the ClientHello is still in the kernel: the SSL object reads it
+            self.forget(conn)
+            del self.sessions[conn]
+            self.start_tls(conn, session)
+        else:
             self.start_echo(conn, session, first)
 
     def start_echo(self, conn: socket.socket, session: EchoSession, first: bytes = b"") -> None:
