@@ -277,7 +277,7 @@ def run_block(block: Block, env: dict[str, str], timeout: float = WAIT) -> None:
     try:
         for command in block.commands:
             text = command.text
-            if re.search(r"sockecho (serve|send|bench|ping|check)|examples/", text):
+            if re.search(r"sockecho (serve|send|bench|ping|check)|examples/\w+\.py", text):
                 assert DOC_PORT in text, f"{block}: {text!r} must name port {DOC_PORT}"
             if command.background:
                 text = text.removesuffix(" &")
