@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 # Debian packages the interop tests talk to (real third-party peers).
-TEST_DEBS = socat ncat gcc
+TEST_DEBS = socat ncat gcc haproxy
 LINT_DIRS = $(wildcard src tests benchmarks examples)
 
 .PHONY: run test lint typecheck unit test-deps bench clean catalogs
@@ -20,7 +20,7 @@ run: $(STAMP)  ## start the default server (asyncio model on 127.0.0.1:50010)
 
 # Installs the Debian peers when possible (root); in CI missing tools fail the tests.
 test-deps: $(STAMP)
-	@missing=""; for tool in socat ncat gcc; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in socat ncat gcc haproxy; do PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing"; \
@@ -58,4 +58,4 @@ catalogs: $(STAMP)
 	$(BIN)/pybabel compile -d $(LOCALE) -D sockecho --statistics
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

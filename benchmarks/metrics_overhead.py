@@ -10,6 +10,7 @@ kept and the ratio on/off printed. The target (issue 11): within 3%.
 
     python benchmarks/metrics_overhead.py                       # asyncio, selectors, threading
     python benchmarks/metrics_overhead.py --model asyncio --repetitions 5 --duration 3
+    python benchmarks/metrics_overhead.py --scrape-cost         # CPU per scrape, idle server
 """
 
 from __future__ import annotations
@@ -71,6 +72,25 @@ def metrics_url(server: ServerProcess, timeout: float = 20.0) -> str:
     raise RuntimeError(f"{server.name}: no metrics line in {server.stderr_tail}")
 
 
+def scrape_cost(model: str, scrapes: int = 200) -> float:
+    """Server CPU milliseconds per scrape of an idle server (its whole cost, not amortized)."""
+    python = sys.executable
+    argv = [python, "-m", "sockecho", "serve", "--model", model, "--port", "0", "-q"]
+    server = ServerProcess(f"{model} scraped", [*argv, "--metrics", "127.0.0.1:0"], "sockecho")
+    server.start()
+    try:
+        url = metrics_url(server)
+        with urllib.request.urlopen(url, timeout=10) as response:  # warm: imports, first call
+            response.read()
+        before = server.cpu_seconds()
+        for _ in range(scrapes):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                response.read()
+        return (server.cpu_seconds() - before) / scrapes * 1000
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="repeatable (default: three models)")
@@ -80,8 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenario", action="append", help="50x1KiB, 1x64B... (default: 50x1KiB and 1x64B)"
     )
+    parser.add_argument(
+        "--scrape-cost", action="store_true", help="only: server CPU per scrape, idle server"
+    )
     args = parser.parse_args(argv)
     models = args.model or ["asyncio", "selectors", "threading"]
+    if args.scrape_cost:
+        for model in models:
+            print(f"{model}: {scrape_cost(model):.2f} ms of server CPU per scrape", flush=True)
+        return 0
     wanted = args.scenario or ["50x1KiB", "1x64B"]
     scenarios: list[Scenario] = [s for s in SCENARIOS if s.name in wanted]
     build_references()

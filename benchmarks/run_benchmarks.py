@@ -46,6 +46,18 @@ READY_TIMEOUT = 20.0
 #: Connections held open for the idle-memory figure.
 IDLE_CONNECTIONS = 1000
 READY = re.compile(r"listening on tcp://127\.0\.0\.1:(\d+)")
+#: The pure-Python floor (benchmarks/reference/bare_epoll.py): what every table compares with.
+FLOOR = "bare epoll loop (floor)"
+#: Issue 12's targets: the fastest pure-Python model within this factor of the floor's CPU per
+#: round trip, in these scenarios; sockecho bench's CPU per round trip within GENERATOR_TARGET
+#: of the C client's.
+FLOOR_TARGET = 1.10
+FLOOR_SCENARIOS = ("50x1KiB", "1x64B", "1000x1KiB")
+GENERATOR_TARGET = 1.5
+#: The generated part of docs/PERFORMANCE.md lies between these two lines.
+DOCS = HERE.parent / "docs" / "PERFORMANCE.md"
+DOCS_BEGIN = "<!-- benchmarks/run writes from here: do not edit by hand -->"
+DOCS_END = "<!-- benchmarks/run writes up to here -->"
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,7 @@ def servers(models: list[str]) -> list[ServerProcess]:
             argv += ["--loop", loop]
         chosen.append(ServerProcess(f"sockecho {model}", argv, "sockecho"))
     chosen.append(ServerProcess("C epoll", [str(BUILD / "echo_server"), "0"], "reference"))
+    chosen.append(ServerProcess(FLOOR, [python, str(REFERENCE / "bare_epoll.py")], "reference"))
     refs = str(REFERENCE / "python_servers.py")
     chosen.append(ServerProcess("ThreadingTCPServer", [python, refs, "threading"], "reference"))
     chosen.append(ServerProcess("asyncio Protocol", [python, refs, "asyncio"], "reference"))
@@ -223,21 +236,23 @@ def idle_memory(server: ServerProcess) -> float:
     return round((grown - base) / IDLE_CONNECTIONS, 2)
 
 
-def bench_rate(port: int, scenario: Scenario, duration: float, loop: str) -> tuple[float, int]:
-    """Round trips/s and errors of ``sockecho bench --processes 2`` (its JSON on stdout)."""
+def bench_run(port: int, scenario: Scenario, duration: float, loop: str) -> dict[str, Any]:
+    """``sockecho bench --processes 2`` against ``port``: its JSON document (stdout)."""
     argv = [sys.executable, "-m", "sockecho", "bench", "--port", str(port), "--loop", loop]
     argv += ["-c", str(scenario.connections), "-s", str(scenario.size), "-d", f"{duration:g}"]
     argv += ["--warmup", "0.5", "-p", "2", "-q", "--json", "/dev/stdout"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, check=False)
     if done.returncode != 0 or "{" not in done.stdout:
-        return 0.0, -1
-    bench = json.loads(done.stdout[done.stdout.index("{") :])
-    return float(bench["round_trips_per_s"]), int(bench["error_count"])
+        return {"round_trips_per_s": 0.0, "error_count": -1, "client": {}}
+    document: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])
+    return document
 
 
 def generator_check(c_server: ServerProcess, duration: float, repetitions: int) -> dict[str, Any]:
     """sockecho bench --processes 2 against the C server next to the C client, interleaved,
-    best of the repetitions each (the machine is shared: noise only ever slows a run down)."""
+    best of the repetitions each (the machine is shared: noise only ever slows a run down):
+    round trips/s, and each one's own CPU per round trip (the C client's getrusage, bench's
+    own report)."""
     scenario = SCENARIOS[0]
     loops = ["asyncio"]
     with contextlib.suppress(ImportError):
@@ -245,16 +260,23 @@ def generator_check(c_server: ServerProcess, duration: float, repetitions: int) 
 
         loops.append("uvloop")
     best: dict[str, float] = {}
-    errors = 0
+    cpu: dict[str, float] = {}
+    errors = saturated = 0
     for _ in range(repetitions):
         c_client = run_client(c_server.port, scenario, duration)
-        rate = c_client["round_trips"] / c_client["elapsed_s"]
-        best["c_client"] = max(best.get("c_client", 0.0), rate)
+        rts = c_client["round_trips"]
+        best["c_client"] = max(best.get("c_client", 0.0), rts / c_client["elapsed_s"])
+        if rts and "cpu_s" in c_client:
+            cpu["c_client"] = min(cpu.get("c_client", 1e9), c_client["cpu_s"] / rts * 1e6)
         for loop in loops:
-            rate, failed = bench_rate(c_server.port, scenario, duration, loop)
-            best[loop] = max(best.get(loop, 0.0), rate)
-            errors += max(failed, 0)
+            run = bench_run(c_server.port, scenario, duration, loop)
+            best[loop] = max(best.get(loop, 0.0), float(run["round_trips_per_s"]))
+            errors += max(int(run["error_count"]), 0)
+            if run["client"].get("cpu_us_per_rt"):
+                cpu[loop] = min(cpu.get(loop, 1e9), float(run["client"]["cpu_us_per_rt"]))
+            saturated += int(run["client"].get("saturated", 0))
     c_rate = best["c_client"]
+    c_cpu = cpu.get("c_client")
     return {
         "c_client_rate": round(c_rate, 1),
         "sockecho_bench_p2_rate": round(best["asyncio"], 1),
@@ -262,6 +284,12 @@ def generator_check(c_server: ServerProcess, duration: float, repetitions: int) 
         "sockecho_bench_p2_uvloop_rate": round(best.get("uvloop", 0.0), 1),
         "uvloop_ratio": round(best.get("uvloop", 0.0) / c_rate, 3) if c_rate else None,
         "sockecho_bench_errors": errors,
+        "c_client_cpu_us_per_rt": round(c_cpu, 3) if c_cpu else None,
+        "bench_cpu_us_per_rt": {loop: round(value, 3) for loop, value in cpu.items()},
+        "bench_cpu_ratio": {
+            loop: round(value / c_cpu, 3) for loop, value in cpu.items() if c_cpu and loop in loops
+        },
+        "saturated_processes": saturated,
     }
 
 
@@ -285,7 +313,79 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": round(os.getloadavg()[0], 2),
     }
+
+
+def ratio(cost: float | None, reference: float | None) -> str:
+    return f"{cost / reference:.2f}x" if cost and reference else "-"
+
+
+def load_line(report: dict[str, Any]) -> str:
+    """The machine's load around the run: figures from a loaded machine say so."""
+    cpus = report["machine"]["nproc"] or 1
+    before, after = report["machine"]["load_before"], report.get("load_after")
+    loaded = max(before, after or 0.0) > cpus / 2
+    return f"Load average (1 min) {before} before and {after} after the run on {cpus} CPUs" + (
+        ": **a loaded machine** (other jobs ran); absolute figures are inflated and noisy, "
+        "compare within a table only."
+        if loaded
+        else "."
+    )
+
+
+def fastest_model(rows: dict[str, Any]) -> tuple[str, float] | None:
+    """The sockecho model with the lowest CPU per round trip, pure Python only (no uvloop)."""
+    costs = [
+        (name, row["cpu_us_per_rt"])
+        for name, row in rows.items()
+        if name.startswith("sockecho ") and "uvloop" not in name and row["cpu_us_per_rt"]
+    ]
+    return min(costs, key=lambda item: item[1]) if costs else None
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Issue 12's targets against this run: (target, measured, status)."""
+    found = []
+    for scenario in FLOOR_SCENARIOS:
+        rows = report["scenarios"].get(scenario)
+        if not rows or FLOOR not in rows:
+            continue
+        floor = rows[FLOOR]["cpu_us_per_rt"]
+        best = fastest_model(rows)
+        if best is None or not floor:
+            continue
+        name, cost = best
+        found.append(
+            (
+                f"{scenario}: fastest model ≤ {FLOOR_TARGET:.2f}x the floor",
+                f"{name[len('sockecho ') :]} {cost} µs vs {floor} µs = {cost / floor:.2f}x",
+                "met" if cost / floor <= FLOOR_TARGET else "**missed**",
+            )
+        )
+        uv_model, uv_ref = rows.get("sockecho asyncio+uvloop"), rows.get("uvloop Protocol")
+        if uv_model and uv_ref and uv_model["cpu_us_per_rt"] and uv_ref["cpu_us_per_rt"]:
+            share = uv_model["cpu_us_per_rt"] / uv_ref["cpu_us_per_rt"]
+            found.append(
+                (
+                    f"{scenario}: `--loop uvloop` ≤ the minimal uvloop server",
+                    f"{uv_model['cpu_us_per_rt']} vs {uv_ref['cpu_us_per_rt']} µs = {share:.2f}x",
+                    "met" if share <= 1.0 else ("at the line" if share <= 1.05 else "**missed**"),
+                )
+            )
+    gen = report.get("generator")
+    if gen and gen.get("bench_cpu_ratio"):
+        for loop, share in gen["bench_cpu_ratio"].items():
+            found.append(
+                (
+                    f"`sockecho bench` ({loop}) CPU per round trip "
+                    f"≤ {GENERATOR_TARGET}x the C client's",
+                    f"{gen['bench_cpu_us_per_rt'][loop]} vs {gen['c_client_cpu_us_per_rt']} µs "
+                    f"= {share:.2f}x",
+                    "met" if share <= GENERATOR_TARGET else "**missed**",
+                )
+            )
+    return found
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -295,32 +395,33 @@ def markdown(report: dict[str, Any]) -> str:
         f"kernel {report['machine']['kernel']}.",
         f"Command: `{report['command']}`; best of {report['repetitions']} interleaved "
         f"repetitions of {report['duration']:g} s after a {report['warmup']:g} s warm-up.",
+        load_line(report),
         "",
     ]
     for scenario, rows in report["scenarios"].items():
         c_cost = rows.get("C epoll", {}).get("cpu_us_per_rt")
         ref = rows.get("asyncio Protocol", {}).get("cpu_us_per_rt")
+        floor = rows.get(FLOOR, {}).get("cpu_us_per_rt")
         lines += [
-            f"### {scenario}",
+            f"#### {scenario}",
             "",
-            "| server | CPU µs / round trip | vs C | vs stock asyncio | round trips/s | errors "
-            "| max latency |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| server | CPU µs / round trip | vs floor | vs C | vs stock asyncio "
+            "| round trips/s | errors | max latency |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, row in sorted(rows.items(), key=lambda item: item[1]["cpu_us_per_rt"] or 1e9):
             cost = row["cpu_us_per_rt"]
-            vs_c = f"{cost / c_cost:.2f}x" if cost and c_cost else "-"
-            vs_ref = f"{cost / ref:.2f}x" if cost and ref else "-"
             latency = row.get("max_latency_us")
             lines.append(
-                f"| {name} | {cost if cost is not None else '-'} | {vs_c} | {vs_ref} | "
+                f"| {name} | {cost if cost is not None else '-'} | {ratio(cost, floor)} | "
+                f"{ratio(cost, c_cost)} | {ratio(cost, ref)} | "
                 f"{row['rate']:,.0f} | {row['errors']} | "
                 f"{f'{latency / 1000:.1f} ms' if latency is not None else '-'} |"
             )
         lines.append("")
     if report.get("idle_kib_per_connection"):
         lines += [
-            f"### Idle memory ({IDLE_CONNECTIONS} connections)",
+            f"#### Idle memory ({IDLE_CONNECTIONS} connections)",
             "",
             "| server | RSS KiB / idle connection |",
             "|---|---:|",
@@ -331,15 +432,42 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("generator"):
         gen = report["generator"]
         lines += [
-            "### Load generator (50x1KiB against the C server)",
+            "#### Load generator (50x1KiB against the C server)",
             "",
             f"C client {gen['c_client_rate']:,.0f} round trips/s; `sockecho bench -p 2` "
             f"{gen['sockecho_bench_p2_rate']:,.0f}/s = {gen['ratio']}x; with `--loop uvloop` "
             f"{gen['sockecho_bench_p2_uvloop_rate']:,.0f}/s = {gen['uvloop_ratio']}x "
             f"(errors: {gen['sockecho_bench_errors']}).",
             "",
+            "Own CPU per round trip (the C client's getrusage; bench's `client CPU` line): C "
+            f"client {gen.get('c_client_cpu_us_per_rt')} µs; "
+            + "; ".join(
+                f"`sockecho bench --loop {loop}` {value} µs "
+                f"({gen['bench_cpu_ratio'].get(loop, '-')}x)"
+                for loop, value in gen.get("bench_cpu_us_per_rt", {}).items()
+                if loop != "c_client"
+            )
+            + f". Saturated bench processes in these runs: {gen.get('saturated_processes', 0)}.",
+            "",
         ]
+    found = targets(report)
+    if found:
+        lines += ["#### Targets (issue 12) in this run", "", "| target | measured | status |"]
+        lines += ["|---|---|---|"]
+        lines += [f"| {target} | {measured} | {status} |" for target, measured, status in found]
+        lines.append("")
     return "\n".join(lines)
+
+
+def write_docs(table: str) -> bool:
+    """Put ``table`` between the markers of docs/PERFORMANCE.md; False if they are missing."""
+    text = DOCS.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        return False
+    head, _, rest = text.partition(DOCS_BEGIN)
+    _, _, tail = rest.partition(DOCS_END)
+    DOCS.write_text(f"{head}{DOCS_BEGIN}\n{table}\n{DOCS_END}{tail}")
+    return True
 
 
 def chart(report: dict[str, Any], path: Path) -> None:
@@ -404,6 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-memory figure")
     parser.add_argument("--no-generator", action="store_true", help="skip the bench check")
+    parser.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="do not rewrite docs/PERFORMANCE.md (a full run does; --quick and runs limited by "
+        "--models or --scenarios never do)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     repetitions = args.repetitions or (1 if args.quick else 3)
@@ -457,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             c_server = next(server for server in chosen if server.name == "C epoll")
             report["generator"] = generator_check(c_server, duration, repetitions)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
+    report["load_after"] = round(os.getloadavg()[0], 2)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
@@ -464,7 +599,26 @@ def main(argv: list[str] | None = None) -> int:
     chart(report, args.out / "benchmarks.png")
     print(table)
     print(f"written: {args.out}/benchmarks.{{md,json,png}} in {report['elapsed_s']} s")
+    full = argv_is_full_run(args, parser)
+    if full and not args.no_docs:
+        if write_docs(table):
+            print(f"rewritten: {DOCS} (the recorded run)")
+        else:
+            print(f"{DOCS} lacks the markers; not rewritten", file=sys.stderr)
+    elif not args.no_docs:
+        print(f"{DOCS} not rewritten: --quick, or a run limited by --models/--scenarios/--no-*")
     return 0
+
+
+def argv_is_full_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """Whether this run measured everything the recorded run in the docs shows."""
+    return (
+        not args.quick
+        and args.models == parser.get_default("models")
+        and args.scenarios == parser.get_default("scenarios")
+        and not args.no_idle
+        and not args.no_generator
+    )
 
 
 if __name__ == "__main__":

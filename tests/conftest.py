@@ -22,6 +22,10 @@ ALL_MODELS = list(MODELS)
 CONCURRENT_MODELS = [name for name in ALL_MODELS if name != "iterative"]
 #: Every wait in a test has a bound; a loaded CI machine gets generous ones.
 WAIT = 20.0
+#: Seconds a stop may take beyond its drain timeout (closing sockets, joining threads, a
+#: process exiting, on a loaded machine): the upper bound of every drain test, well below
+#: the 8 s late stop of issue 9's mutant, which such a test must catch.
+STOP_MARGIN = 3.0
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 import trustme
+from rich.console import Console
 
 from sockecho import Server
 from sockecho.bench import BenchSpec, run_bench
-from sockecho.bench.load import ERROR_KINDS, LoadSpec, Tally, run_load
-from sockecho.bench.report import SCHEMA, BenchResult
+from sockecho.bench.load import ERROR_KINDS, LoadSpec, Tally, new_histogram, run_load
+from sockecho.bench.report import SCHEMA, BenchResult, ProcessLoad, print_result
 from sockecho.cli import main
 from sockecho.errors import ConnectError
 from tests.conftest import REPO, WAIT, require_tool
@@ -256,6 +257,64 @@ def test_json_report_follows_the_documented_schema(
     assert {"python", "cpus", "sockecho", "loop"} <= set(document["environment"])
     # The histogram round-trips: a reloaded result gives the same percentiles.
     assert BenchResult.from_json(document).latency() == latency
+    client = document["client"]
+    assert client["cpu_s"] > 0
+    assert client["cpu_us_per_rt"] == pytest.approx(client["cpu_s"] / 100 * 1e6, rel=1e-2)
+    assert [set(p) for p in client["processes"]] == [{"cpu_s", "wall_s", "busy"}]
+    assert 0 < client["processes"][0]["busy"] <= 1.05  # one thread: at most its wall time
+    assert "client CPU" in out
+
+
+def test_bench_reports_its_own_cpu_per_round_trip_for_each_process(
+    asyncio_server: Server,
+) -> None:
+    result = run_bench(short_run(asyncio_server.address[1], processes=2, duration=0.5))
+    assert len(result.client_cpu) == 2
+    assert all(load.cpu_seconds > 0 for load in result.client_cpu)
+    assert all(load.wall_seconds >= 0.5 for load in result.client_cpu)
+    cpu = sum(load.cpu_seconds for load in result.client_cpu)
+    assert result.client_cpu_us_per_round_trip == pytest.approx(cpu / result.round_trips * 1e6)
+
+
+def test_a_saturated_load_process_is_reported_with_a_warning() -> None:
+    result = run_bench_result_stub()
+    result.client_cpu = [ProcessLoad(0.4, 1.0), ProcessLoad(0.97, 1.0)]
+    console = Console(record=True, width=200)
+    print_result(result, console)
+    text = console.export_text()
+    assert "busy: 40%, 97%" in text
+    assert "warning: load process 2 of 2 was busy 90% of the time or more" in text
+    result.client_cpu = [ProcessLoad(0.4, 1.0)]
+    console = Console(record=True, width=200)
+    print_result(result, console)
+    assert "warning" not in console.export_text()
+
+
+def run_bench_result_stub() -> BenchResult:
+    histogram = new_histogram()
+    histogram.record_value(100, 10)
+    return BenchResult(
+        spec=BenchSpec(),
+        elapsed=1.0,
+        round_trips=10,
+        bytes_echoed=10_240,
+        lost=0,
+        errors={},
+        histogram=histogram,
+    )
+
+
+def test_processes_auto_is_one_per_usable_cpu_at_most_one_per_connection(
+    asyncio_server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = str(asyncio_server.address[1])
+    argv = ["bench", "--port", port, "-n", "40", "--warmup", "0", "-p", "auto", "-q"]
+    assert main([*argv, "-c", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(", 1 process")
+    cpus = len(os.sched_getaffinity(0))
+    assert main([*argv, "-c", "64"]) == 0
+    expected = f", {cpus} processes" if cpus > 1 else ", 1 process"
+    assert capsys.readouterr().out.splitlines()[0].endswith(expected)
 
 
 def test_compare_puts_runs_side_by_side_and_plots(
@@ -322,6 +381,7 @@ def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
     report = json.loads((out / "benchmarks.json").read_text())
     rows = report["scenarios"]["1x64B"]
     assert {"sockecho asyncio", "C epoll", "asyncio Protocol", "ThreadingTCPServer"} <= set(rows)
+    assert "bare epoll loop (floor)" in rows
     for row in rows.values():
         assert row["errors"] == 0
         assert row["round_trips"] > 0
@@ -330,7 +390,10 @@ def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
         assert row["server_cpu_s"] >= 0
         cost = row["server_cpu_s"] / row["round_trips"] * 1e6
         assert row["cpu_us_per_rt"] == pytest.approx(cost, abs=1e-3)
-    assert "| sockecho asyncio |" in (out / "benchmarks.md").read_text()
+    table = (out / "benchmarks.md").read_text()
+    assert "| sockecho asyncio |" in table
+    assert "vs floor" in table
+    assert "not rewritten" in done.stdout  # a smoke run never overwrites the recorded run
     assert (out / "benchmarks.png").read_bytes().startswith(PNG_MAGIC)
 
 

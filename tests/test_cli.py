@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -348,3 +350,70 @@ def test_serve_gives_the_callers_signal_handlers_back() -> None:
     before = {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS}
     assert cli.main(["serve", "--host", "no-such-host.invalid", "--port", "0"]) == 1
     assert {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS} == before
+
+
+def test_send_input_slower_than_the_timeout_is_not_a_timeout(
+    serve_process: type[ServeProcess],
+) -> None:
+    """``--timeout`` bounds the wait for an outstanding echo; a pause in the input (a person
+    typing) leaves nothing outstanding, however long it lasts."""
+    timeout = 0.3
+    srv = serve_process("--port", "0")
+    command = ["send", "--port", str(srv.address[1]), "--timeout", str(timeout)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockecho", *command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each echo reaches stdout as it comes
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(b"first\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"first\n"  # echoed: nothing is outstanding now
+    time.sleep(4 * timeout)  # the slow input under test, not synchronisation
+    out, err = proc.communicate(b"second\n", timeout=WAIT)  # then the end of the input
+    assert (proc.returncode, err) == (0, b"")
+    assert out == b"second\n"
+
+
+def test_verbose_serve_logs_the_debug_lines_and_the_default_does_not(
+    serve_process: type[ServeProcess],
+) -> None:
+    lines = {}
+    for flags in ([], ["-v"]):
+        srv = serve_process("--port", "0", "--model", "selectors", *flags)
+        with connect(srv.address) as sock:
+            sock.sendall(b"x")
+            assert recv_exactly(sock, 1) == b"x"
+        assert srv.wait_for_line("close ")
+        assert srv.stop(signal.SIGTERM) == 0
+        lines[tuple(flags)] = srv.stderr_lines
+    starting = r"^\d\d:\d\d:\d\d starting the selectors model with ServerConfig\(model='selectors'"
+    assert [line for line in lines[("-v",)] if re.match(starting, line)], lines[("-v",)]
+    assert not [line for line in lines[()] if "starting the" in line]
+    assert len(lines[("-v",)]) > len(lines[()])
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_unexpected_error_is_one_line_and_its_traceback_only_with_verbose(
+    verbose: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def planted(*args: object, **kwargs: object) -> Server:
+        raise RuntimeError("planted in Server()")
+
+    monkeypatch.setattr(cli, "Server", planted)
+    argv = ["serve", "--port", "0", *(["-v"] if verbose else [])]
+    assert cli.main(argv) == cli.ExitCode.FAILURE
+    err = capsys.readouterr().err.splitlines()
+    error_line = (
+        "sockecho: error: unexpected RuntimeError: planted in Server() (please report this)"
+    )
+    assert err[-1] == error_line
+    if verbose:
+        assert re.match(r"^\d\d:\d\d:\d\d unexpected error$", err[0]), err
+        assert err[1] == "Traceback (most recent call last):"
+        assert "RuntimeError: planted in Server()" in err[-2]
+    else:
+        assert err == [error_line]

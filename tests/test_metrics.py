@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sockecho import Server, ServerConfig
+from sockecho.cli import main
 from sockecho.errors import BindError, ConfigError
 from sockecho.faults import FaultKind
 from sockecho.metrics import parse_address
@@ -128,3 +131,18 @@ def test_metrics_address_must_be_host_and_port(text: str) -> None:
 def test_metrics_address_takes_bracketed_ipv6() -> None:
     assert parse_address("[::1]:9100") == ("::1", 9100)
     assert parse_address("localhost:0") == ("localhost", 0)
+
+
+def test_missing_prometheus_client_is_a_usage_error_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "prometheus_client" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ConfigError, match=r"sockecho\[metrics\]"):
+        Server(ServerConfig(port=0, metrics="127.0.0.1:0"))
+    assert main(["serve", "--port", "0", "--metrics", "127.0.0.1:0"]) == 2
+    assert "pip install 'sockecho[metrics]'" in capsys.readouterr().err

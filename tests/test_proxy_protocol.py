@@ -446,3 +446,27 @@ def test_description_is_what_identify_shows() -> None:
     assert described["destination"] == "[2001:db8::2]:7"
     assert described["command"] == "PROXY"
     assert described["version"] == 2
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        encode_v1(V4_SRC, V4_DST),
+        encode_v1(V6_SRC, V6_DST),
+        encode_v1(None, None),
+        b"PROXY UNKNOWN whatever\r\n",
+        encode_v2(V4_SRC, V4_DST, tlvs=encode_tlv(PP2_TYPE_ALPN, b"h2")),
+        encode_v2(None, None),
+    ],
+)
+def test_reading_what_the_parser_wants_never_reads_past_the_header(wire: bytes) -> None:
+    stream = wire + b"\x16\x03\x01 the TLS ClientHello that follows"
+    parser = ProxyHeaderParser("any")
+    offset = 0
+    while (wanted := parser.bytes_wanted) > 0:
+        outcome = parser.feed(stream[offset : offset + wanted])
+        offset += wanted
+        assert offset <= len(wire)
+    assert isinstance(outcome, Parsed)
+    assert outcome.rest == b""
+    assert offset == len(wire)

@@ -195,6 +195,12 @@ def test_the_factory_takes_the_options_of_server(pytester: pytest.Pytester) -> N
             assert server.config == config
             assert sockecho.echo(b"x", *server.address) == b"x"
 
+        def test_the_operations_options_pass_through(make_echo_server):
+            server = make_echo_server(faults=("latency=100:20",), seed=7, identify="alpha")
+            assert server.config.faults == ("latency=100:20",)
+            assert server.config.seed == 7
+            assert server.config.identify == "alpha"
+
         def test_bad_options_are_config_errors(make_echo_server):
             import pytest
             with pytest.raises(sockecho.ConfigError):
@@ -202,4 +208,4 @@ def test_the_factory_takes_the_options_of_server(pytester: pytest.Pytester) -> N
         """
     )
     result = pytester.runpytest_inprocess()
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)

@@ -23,7 +23,9 @@ import time
 
 import pytest
 
-from tests.conftest import ALL_MODELS, WAIT, ServeProcess, connect
+from sockecho import cli
+from sockecho.stop_signals import StopSignals
+from tests.conftest import ALL_MODELS, WAIT, ServeProcess, connect, open_fds
 from tests.procinfo import wait_until
 
 #: Connections kept busy during the stop (closed loop, one message in flight each).
@@ -173,3 +175,32 @@ def thread_state(pid: int, tid: int) -> str:
         if exc.errno == errno.ENOENT:
             return "gone"
         raise
+
+
+def test_serve_gives_the_callers_wakeup_descriptor_back() -> None:
+    mine, other = socket.socketpair()
+    with mine, other:
+        mine.setblocking(False)
+        before = signal.set_wakeup_fd(mine.fileno())
+        try:
+            assert cli.main(["serve", "--host", "no-such-host.invalid", "--port", "0"]) == 1
+        finally:
+            assert signal.set_wakeup_fd(before) == mine.fileno()
+
+
+def test_stop_signals_outside_the_main_thread_leave_nothing_open() -> None:
+    before = open_fds()
+    failures: list[BaseException] = []
+
+    def enter() -> None:
+        try:
+            with StopSignals(cli.STOP_SIGNALS):
+                pass
+        except ValueError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join(WAIT)
+    assert len(failures) == 1  # signal handlers belong to the main thread
+    assert open_fds() - before == set()

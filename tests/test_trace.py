@@ -26,6 +26,7 @@ import pytest
 
 from sockecho import Server, ServerConfig, narration
 from sockecho.client import echo
+from sockecho.config import DEFAULT_BACKLOG
 from sockecho.servers.base import SocketCalls
 from sockecho.trace import (
     PREVIEW_BYTES,
@@ -152,10 +153,8 @@ def test_trace_narrates_the_whole_server_lifecycle_in_order(
     assert bound.args == f"fd {listener}, ('127.0.0.1', 0)"
     assert bound.result is not None
     assert bound.result.startswith(f"port {traced_server.address[1]} ")
-    script.expect(
-        lambda c: c.name == "listen" and c.args == f"fd {listener}, {ServerConfig().backlog}",
-        "listen()",
-    )
+    listened = f"fd {listener}, {DEFAULT_BACKLOG}"
+    script.expect(lambda c: c.name == "listen" and c.args == listened, "listen()")
 
     accepted = script.expect(
         lambda c: (

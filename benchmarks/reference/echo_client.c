@@ -6,7 +6,9 @@
  * TCP_NODELAY. A connection that fails or echoes wrong bytes is counted and closed.
  *
  * usage: echo_client PORT CONNECTIONS SIZE DURATION_S
- * prints one JSON object: round_trips, elapsed_s, errors, max_latency_us, mean_latency_us.
+ * prints one JSON object: round_trips, elapsed_s, errors, max_latency_us, mean_latency_us, and
+ * cpu_s: its own CPU time (user + system) from the first request on, the yardstick for what
+ * a load generator costs per round trip (sockecho bench reports the same figure).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +35,13 @@ struct conn {
     char *echo;
     int watching_out;
 };
+
+static double cpu_seconds(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return (double)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+           (double)(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
 
 static double now(void) {
     struct timespec ts;
@@ -114,6 +124,7 @@ int main(int argc, char **argv) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
     }
+    double cpu_begin = cpu_seconds();
     double begin = now(), deadline = begin + duration;
     for (int i = 0; i < count; i++) start_request(&conns[i]);
     int active = count;
@@ -153,11 +164,11 @@ int main(int argc, char **argv) {
         }
         if (t > deadline + 10.0) break; /* a server that stopped answering: give up */
     }
-    double elapsed = now() - begin;
+    double elapsed = now() - begin, cpu = cpu_seconds() - cpu_begin;
     errors += active; /* connections still waiting after the grace period */
     printf("{\"round_trips\": %lld, \"elapsed_s\": %.6f, \"errors\": %lld, "
-           "\"max_latency_us\": %.1f, \"mean_latency_us\": %.1f}\n",
+           "\"max_latency_us\": %.1f, \"mean_latency_us\": %.1f, \"cpu_s\": %.6f}\n",
            round_trips, elapsed, errors, max_latency * 1e6,
-           round_trips ? sum_latency / (double)round_trips * 1e6 : 0.0);
+           round_trips ? sum_latency / (double)round_trips * 1e6 : 0.0, cpu);
     return 0;
 }

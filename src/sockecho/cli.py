@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import inspect
+import json
 import logging
 import os
 import signal
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from sockecho import __version__, bench, client, i18n, logs, ping, tls
+from sockecho import __version__, bench, client, faults, i18n, logs, ping, tls, workers
 from sockecho.arguments import (
     ExitCode,
     add_address_arguments,
@@ -162,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_argument(serve)
     add_udp_arguments(serve)
     add_tls_server_arguments(serve)
+    add_fault_arguments(serve)
     add_operations_arguments(serve)
     add_verbosity_arguments(serve)
     add_flaw_argument(serve)
+    add_workers_argument(serve)
     serve.set_defaults(run=run_serve, parser=serve)
 
     send = commands.add_parser(
@@ -190,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tls_client_arguments(send)
     add_trace_argument(send)
+    send.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        default=None,
+        help="send a PROXY protocol header first, with this connection's real addresses "
+        "(for a server started with --proxy-protocol)",
+    )
+    send.add_argument(
+        "--identify",
+        action="store_true",
+        help="expect the server's --identify line first: print it to stderr, check the echo "
+        "after it",
+    )
     send.add_argument("message", nargs="*", metavar="MESSAGE", help="words to send")
     send.set_defaults(run=run_send, parser=send)
 
@@ -257,6 +274,42 @@ def add_tls_server_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="close clients that have not completed the TLS handshake by then "
         f"(default: {DEFAULT_TLS_HANDSHAKE_TIMEOUT:g})",
+    )
+
+
+def fault_probability(text: str) -> float:
+    try:
+        return faults.parse_probability(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    forms = "; ".join(faults.FORMS.values())
+    group = parser.add_argument_group(
+        "fault injection (see docs/operations.md; models: asyncio, selectors, select, threading)"
+    )
+    group.add_argument(
+        "--fault",
+        action="append",
+        metavar="SPEC",
+        help=f"misbehave on the echo path, repeatable: {forms} (MS milliseconds, "
+        "KBPS kilobytes/s, P a probability 0-1; drop, duplicate, reorder and corrupt are "
+        "for --udp)",
+    )
+    group.add_argument(
+        "--fault-probability",
+        type=fault_probability,
+        default=1.0,
+        metavar="P",
+        help="share of connections (and datagrams) the faults apply to (default: 1)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed the fault draws so a run can be repeated (default: a fresh seed each run)",
     )
 
 
@@ -368,12 +421,17 @@ def run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_handshake_timeout=args.tls_handshake_timeout,
             loop=args.loop,
+            faults=tuple(args.fault or ()),
+            fault_probability=args.fault_probability,
+            seed=args.seed,
             proxy_protocol=args.proxy_protocol,
             identify=args.identify,
             metrics=args.metrics,
         )
         if args.trace and config.loop != "asyncio":
             raise ConfigError(f"--trace cannot narrate --loop {config.loop}", "drop one of them")
+        if args.workers is not None:
+            return run_workers(args, config)
         tracer = tracer_for(args, "server")
         server = Server(config, calls=tracer.socket_calls() if tracer else None)
     except ConfigError as exc:
@@ -468,11 +526,20 @@ def run_send(args: argparse.Namespace) -> int:
     socket_class = tracer.socket_class() if tracer else socket.socket
     if sys.stdout is None or (not args.message and sys.stdin is None):
         raise SockechoError("standard input or output is closed", "run it with both open")
+    operations: dict[str, Any] = {"proxy": args.proxy}
+    if args.identify:
+        operations["on_identity"] = print_identity
     if args.message:
         # fsencode: the bytes the words came as, even ones that are not valid UTF-8.
         message = os.fsencode(" ".join(args.message)) + b"\n"
         reply = client.echo(
-            message, args.host, args.port, timeout, tls=context, socket_class=socket_class
+            message,
+            args.host,
+            args.port,
+            timeout,
+            tls=context,
+            socket_class=socket_class,
+            **operations,
         )
         try:
             sys.stdout.buffer.write(reply)
@@ -490,8 +557,16 @@ def run_send(args: argparse.Namespace) -> int:
             timeout,
             tls=context,
             socket_class=socket_class,
+            **operations,
         )
     return ExitCode.OK
+
+
+def print_identity(identity: dict[str, Any]) -> None:
+    """``send --identify``: the server's identity line, as it came, on stderr."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(json.dumps(identity, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
 
 
 # --- sockecho check -------------------------------------------------------------------
@@ -707,6 +782,84 @@ def main(argv: Sequence[str] | None = None) -> int:
 def fail(message: str) -> int:
     print(f"sockecho: error: {message}", file=sys.stderr, flush=True)
     return ExitCode.FAILURE
+
+
+# --- sockecho serve --workers (src/sockecho/workers.py) --------------------------------
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=worker_count,
+        default=None,
+        metavar="N",
+        help="serve from N processes sharing the port (SO_REUSEPORT, Linux), under a "
+        "supervisor that restarts any that dies; auto: one per CPU (default: one process)",
+    )
+
+
+def worker_count(text: str) -> int:
+    return workers.usable_cpus() if text == "auto" else positive_int(text)
+
+
+def run_workers(args: argparse.Namespace, config: ServerConfig) -> int:
+    """``serve --workers N``: the supervisor runs in this (main) thread until stopped."""
+    if args.trace:
+        raise ConfigError("--trace narrates one process", "drop --workers, or --trace")
+    if config.metrics is not None:
+        raise ConfigError(
+            "--metrics with --workers is not supported yet", "each worker would need its own port"
+        )
+
+    def print_ready(endpoints: list[str]) -> None:
+        for endpoint in endpoints:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
+                sys.stderr.flush()
+
+    root = logging.getLogger("sockecho")
+    prepare = functools.partial(
+        configure_worker_logging, root.level, getattr(args, "log_format", "text")
+    )
+    supervisor = workers.Supervisor(config, args.workers, prepare=prepare, on_ready=print_ready)
+    snapshot = supervisor.run()
+    totals = {
+        "connections": snapshot.connections_accepted,
+        "bytes": snapshot.bytes_echoed,
+        "rejected": snapshot.connections_rejected,
+        "datagrams": snapshot.datagrams_echoed,
+        "workers": args.workers,
+    }
+    log.info(
+        "stopped: %s (%d workers)",
+        summarize(snapshot),
+        args.workers,
+        extra=logs.event("stop", **totals),
+    )
+    return ExitCode.OK
+
+
+class WorkerTag(logging.Filter):
+    """Prefixes a worker's log lines with its number: ``worker 2: open 127.0.0.1:40312``."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"worker {self.index}: {record.msg}"
+        return True
+
+
+def configure_worker_logging(level: int, log_format: str, index: int) -> None:
+    """Logging in a worker process (it starts with none): the CLI's, tagged with its number."""
+    handler = StderrHandler()
+    handler.setFormatter(logs.formatter(log_format))
+    handler.addFilter(WorkerTag(index))
+    root = logging.getLogger("sockecho")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 from sockecho.config import DEFAULT_HOST, DEFAULT_PORT
 from sockecho.errors import (
@@ -38,9 +38,13 @@ from sockecho.errors import (
     OutputError,
     ResolveError,
 )
+from sockecho.identity import IdentityError, read_identity
 from sockecho.net import format_host_port, resolve, set_nodelay
+from sockecho.proxy_protocol import encode as encode_proxy
 from sockecho.tls import DuplexTLS, describe_ssl_error
 
+#: ``proxy=``: the PROXY protocol version a client sends its header in.
+ProxyVersion = Literal["v1", "v2"]
 #: Seconds to wait for a connection or for the next echoed bytes.
 DEFAULT_TIMEOUT = 10.0
 #: Bytes read from the input or the socket per call while streaming.
@@ -153,6 +157,62 @@ def open_channel(
     except (OSError, ValueError) as exc:
         raise handshake_error(exc, host, port, timeout) from None
     return channel
+
+
+#: What a client's ``on_identity`` receives: the server's ``--identify`` object.
+IdentityCallback = Callable[[dict[str, Any]], None]
+
+
+def open_echo_channel(
+    sock: socket.socket,
+    tls: ssl.SSLContext | None,
+    host: str,
+    port: int,
+    timeout: float | None,
+    *,
+    proxy: ProxyVersion | None = None,
+    on_identity: IdentityCallback | None = None,
+) -> Channel:
+    """:func:`open_channel`, preceded by a PROXY header (``proxy``) with the connection's
+    real addresses, and followed by reading the server's identity line (``on_identity``
+    gets it; the echo is checked after it)."""
+    if proxy is not None:
+        sock.sendall(proxy_header(proxy, sock.getsockname(), sock.getpeername()))
+    channel = open_channel(sock, tls, host, port, timeout)
+    if on_identity is not None:
+        on_identity(receive_identity(channel, format_host_port(host, port), timeout))
+    return channel
+
+
+def proxy_header(version: ProxyVersion, local: tuple[Any, ...], remote: tuple[Any, ...]) -> bytes:
+    """The PROXY header a client sends for its own connection from ``local`` to ``remote``."""
+    return encode_proxy(version, (str(local[0]), int(local[1])), (str(remote[0]), int(remote[1])))
+
+
+def receive_identity(channel: Channel, where: str, timeout: float | None) -> dict[str, Any]:
+    """Read the ``--identify`` line a server sends before any echo (nothing was sent yet,
+    so nothing but the line may come)."""
+    data = b""
+    try:
+        while (found := read_identity(data)) is None:
+            chunk = channel.recv(4096)
+            if not chunk:
+                raise EchoMismatch(
+                    f"{where} closed before sending an identity line",
+                    "is it started with --identify (and --proxy-protocol if you send --proxy)?",
+                )
+            data += chunk
+    except IdentityError as exc:
+        raise EchoMismatch(str(exc), "is the server started with --identify?") from None
+    except TimeoutError:
+        raise EchoTimeout(
+            f"no identity line from {where}{after(timeout)}",
+            "is the server started with --identify?",
+        ) from None
+    identity, rest = found
+    if rest:
+        raise EchoMismatch(f"{where} sent {len(rest)} bytes after its identity line unasked")
+    return identity
 
 
 class _Sender:
@@ -319,15 +379,21 @@ def echo(
     *,
     tls: ssl.SSLContext | None = None,
     socket_class: type[socket.socket] = socket.socket,
+    proxy: ProxyVersion | None = None,
+    on_identity: IdentityCallback | None = None,
 ) -> bytes:
     """Send ``message``, half-close, wait for the whole echo, return it.
 
     EchoMismatch if it differs, is short, or has extra bytes; EchoTimeout if the
-    server stops answering. Any size: sending and receiving overlap.
+    server stops answering. Any size: sending and receiving overlap. ``proxy``
+    ("v1", "v2") sends a PROXY header first; ``on_identity`` expects the server's
+    ``--identify`` line first and is called with it.
     """
     reply = bytearray()
     with connect_tcp(host, port, timeout, socket_class) as sock:
-        channel = open_channel(sock, tls, host, port, timeout)
+        channel = open_echo_channel(
+            sock, tls, host, port, timeout, proxy=proxy, on_identity=on_identity
+        )
         sender = _Sender(channel, iter([message]), inline=len(message) <= INLINE_SEND_LIMIT)
         _receive_echo(channel, sender, len(message), reply.extend, CLOSE_GRACE)
         sender.join(timeout)
@@ -370,6 +436,8 @@ def stream(
     *,
     tls: ssl.SSLContext | None = None,
     socket_class: type[socket.socket] = socket.socket,
+    proxy: ProxyVersion | None = None,
+    on_identity: IdentityCallback | None = None,
 ) -> StreamResult:
     """Send all of ``source`` through the server, writing the echo to ``sink`` as it arrives.
 
@@ -391,7 +459,9 @@ def stream(
         received_hash.update(data)
 
     with connect_tcp(host, port, timeout, socket_class) as sock:
-        channel = open_channel(sock, tls, host, port, timeout)
+        channel = open_echo_channel(
+            sock, tls, host, port, timeout, proxy=proxy, on_identity=on_identity
+        )
         sender = _Sender(channel, _read_source(source), inline=False)
         try:
             received = _receive_echo(channel, sender, None, write_out, CLOSE_GRACE)

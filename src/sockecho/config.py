@@ -124,6 +124,9 @@ class ServerConfig:
     proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
     identify: str | None = None  # instance name: each connection first gets an identity line
     metrics: str | None = None  # "HOST:PORT" of the Prometheus endpoint
+    #: SO_REUSEPORT on every socket: several servers (``--workers``) share the port and the
+    #: kernel spreads connections (and datagrams) over them (Linux).
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -193,11 +196,6 @@ class ServerConfig:
             raise ConfigError(
                 f"unknown PROXY protocol version {self.proxy_protocol!r}",
                 f"use one of {', '.join(PROXY_VERSIONS)}",
-            )
-        if self.proxy_protocol is not None and self.tls_cert is not None:
-            raise ConfigError(
-                "--proxy-protocol cannot be combined with TLS yet",
-                "terminate TLS at the load balancer, or serve plain TCP behind it",
             )
         if not 0 < self.proxy_header_timeout <= MAX_SECONDS:
             raise ConfigError("PROXY header timeout must be more than 0 seconds")

@@ -92,6 +92,7 @@ class EchoSession:
         "_preface",
         "_reading",
         "admitted",
+        "awaiting_header",
         "bytes_received",
         "bytes_sent",
         "header_deadline",
@@ -127,6 +128,9 @@ class EchoSession:
         self._activity_mark = (0, 0, -1)  # bytes in, bytes out, kernel queue (-1: unread)
         # The preamble (docs/operations.md): a PROXY header to read, an identity line to send.
         self._preamble: ProxyHeaderParser | None = None
+        #: Whether the PROXY header is still to be read (a plain attribute: the readiness
+        #: models test it on every read, so it costs what a field costs, not a call).
+        self.awaiting_header = False
         self._preface = 0  # bytes at the front of the output that are not echo (identity)
         self.header_deadline = 0.0
         self.proxy_header: ProxyHeader | None = None
@@ -245,12 +249,8 @@ class EchoSession:
         timer closes the connection then (:meth:`header_overdue`).
         """
         self._preamble = ProxyHeaderParser(versions)
+        self.awaiting_header = True
         self.header_deadline = self._clock() + timeout
-
-    @property
-    def awaiting_header(self) -> bool:
-        """Whether the PROXY header is still to be read."""
-        return self._preamble is not None
 
     def header_received(self, data: bytes | bytearray | memoryview) -> bytes | None:
         """Feed bytes read while :attr:`awaiting_header` (``b''``: the peer closed).
@@ -270,8 +270,15 @@ class EchoSession:
         if not isinstance(outcome, Parsed):
             return None
         self._preamble = None
+        self.awaiting_header = False
         self.proxy_header = outcome.header
         return outcome.rest
+
+    @property
+    def header_bytes_wanted(self) -> int:
+        """At most how many bytes to read next while :attr:`awaiting_header`, for a model
+        that must not read past the header (TLS follows it: the SSL object reads the rest)."""
+        return self._preamble.bytes_wanted if self._preamble is not None else 0
 
     def header_overdue(self, now: float | None = None) -> bool:
         """Whether the PROXY header is still incomplete at its deadline."""
@@ -334,7 +341,7 @@ class FaultedSession(EchoSession):
         """The bytes the faults let go now (may be empty while some are still held)."""
         if self.fault is not None:
             return memoryview(b"")
-        allowed = self.plan.send_allowance(self.bytes_sent, self._clock())
+        allowed = self._preface + self.plan.send_allowance(self.bytes_sent, self._clock())
         return memoryview(self._out)[self._out_start : self._out_start + allowed]
 
     def data_sent(self, n: int) -> None:

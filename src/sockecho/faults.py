@@ -96,6 +96,10 @@ class FaultKind(enum.Enum):
 
 
 UDP_FAULTS = frozenset({FaultKind.DROP, FaultKind.DUPLICATE, FaultKind.REORDER, FaultKind.CORRUPT})
+#: The faults that shape a whole connection (counted once each, when it is accepted).
+SHAPING_FAULTS = frozenset(
+    {FaultKind.LATENCY, FaultKind.BANDWIDTH, FaultKind.SLICER, FaultKind.READ_BANDWIDTH}
+)
 #: The faults that act once a number of bytes has been echoed, in the order they win a tie.
 AFTER_BYTES_FAULTS = (FaultKind.RESET_AFTER, FaultKind.LIMIT_DATA, FaultKind.STALL_AFTER)
 
@@ -259,11 +263,13 @@ class FaultPlan:
         "_stamps",
         "after_bytes",
         "close_delay",
+        "faults",
         "kinds",
     )
 
     def __init__(self, faults: dict[FaultKind, Fault], rng: random.Random) -> None:
         self.kinds = tuple(faults)
+        self.faults = tuple(faults.values())
         self._random = rng
         self._latency = faults.get(FaultKind.LATENCY)
         bandwidth = faults.get(FaultKind.BANDWIDTH)
@@ -305,7 +311,7 @@ class FaultPlan:
         else:
             self._released = self._received
         if self._read_rate:
-            self._read_ready_at = max(self._read_ready_at, now) + n / self._read_rate
+            self._read_ready_at = paced(self._read_ready_at, now, n, self._read_rate)
 
     def read_allowance(self, now: float, read_size: int) -> int:
         """Bytes that may be read now, up to ``read_size`` (0: wait until :meth:`read_due`)."""
@@ -346,7 +352,7 @@ class FaultPlan:
         if not n:
             return
         if self._bandwidth:
-            self._send_ready_at = max(self._send_ready_at, now) + n / self._bandwidth
+            self._send_ready_at = paced(self._send_ready_at, now, n, self._bandwidth)
         if self._slicer is not None:
             self._slice_left -= n
             if self._slice_left <= 0:
@@ -381,6 +387,14 @@ class FaultPlan:
             return 0
         size = slicer.amount + self._random.uniform(-slicer.spread, slicer.spread)
         return max(1, round(size))
+
+
+def paced(ready_at: float, now: float, n: int, rate: float) -> float:
+    """When the next ``n``-byte step at ``rate`` bytes/s may go, after one at ``now`` that
+    was due at ``ready_at``. A step that comes late (a timer fires a little after its time)
+    is caught up on, up to one PACING_QUANTUM, so lateness does not add up over a transfer;
+    after a longer pause the pace starts afresh (no burst of saved-up credit)."""
+    return max(ready_at, now - PACING_QUANTUM) + n / rate
 
 
 @dataclass(frozen=True, slots=True)

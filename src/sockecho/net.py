@@ -132,19 +132,27 @@ def _open_each(
 
 
 def open_listeners(
-    host: str, port: int, backlog: int, socket_class: type[socket.socket] = socket.socket
+    host: str,
+    port: int,
+    backlog: int,
+    socket_class: type[socket.socket] = socket.socket,
+    *,
+    reuse_port: bool = False,
 ) -> list[socket.socket]:
     """socket() → setsockopt(SO_REUSEADDR) → bind() → listen() for every address of ``host``.
 
     With ``port=0`` the first socket gets a free port from the kernel and the
     others reuse that number, so every address of a name shares one port (a number taken on
     another address fails with BindError: ``EchoServer.open`` tries another picked port).
-    Listening sockets are left blocking; models set what they need.
+    Listening sockets are left blocking; models set what they need. ``reuse_port``: set
+    SO_REUSEPORT, so that other sockets with it (``--workers``) can listen on the same port.
     """
 
     def listen_on(sock: socket.socket, sockaddr: SockAddr, first: socket.socket) -> None:
         # Restart at once on the same port although old connections sit in TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         address = sockaddr
         if port == 0 and sock is not first:
             address = (sockaddr[0], first.getsockname()[1], *sockaddr[2:])
@@ -164,22 +172,51 @@ DATAGRAM_BUFFER = 65535
 
 
 def open_datagram_sockets(
-    host: str, port: int, socket_class: type[socket.socket] = socket.socket
+    host: str,
+    port: int,
+    socket_class: type[socket.socket] = socket.socket,
+    *,
+    reuse_port: bool = False,
 ) -> list[socket.socket]:
     """socket(SOCK_DGRAM) → bind() for every address of ``host``, all on ``port``.
 
     Call it with the port the TCP listeners got (never 0), so UDP and TCP echo
     share one port number. No SO_REUSEADDR: on UDP it would let a second server
-    bind the same port and silently share the datagrams.
+    bind the same port and silently share the datagrams. ``reuse_port`` asks for exactly
+    that sharing, among our own workers (SO_REUSEPORT: only sockets that all set it share).
     """
 
     def bind_to(sock: socket.socket, sockaddr: SockAddr, first: socket.socket) -> None:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind(sockaddr)
         except OSError as exc:
             raise bind_error(exc, str(sockaddr[0]), int(sockaddr[1]), "udp") from None
 
     return _open_each(host, port, socket.SOCK_DGRAM, socket_class, bind_to)
+
+
+def reserve_port(host: str, port: int) -> list[socket.socket]:
+    """Hold ``port`` (0: a free one) on every address of ``host`` for workers to listen on.
+
+    Each socket is bound with SO_REUSEPORT but never listens: the kernel hands connections
+    only to listening sockets, so these take none, yet while they are open no other program
+    can take the port (every socket sharing it must set SO_REUSEPORT, as the workers do).
+    """
+
+    def bind_to(sock: socket.socket, sockaddr: SockAddr, first: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        address = sockaddr
+        if port == 0 and sock is not first:
+            address = (sockaddr[0], first.getsockname()[1], *sockaddr[2:])
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise bind_error(exc, str(address[0]), int(address[1])) from None
+
+    return _open_each(host, port, socket.SOCK_STREAM, socket.socket, bind_to)
 
 
 def kernel_unsent(sock: socket.socket | Any) -> int:
@@ -196,3 +233,13 @@ def set_nodelay(sock: socket.socket) -> None:
     """TCP_NODELAY: an echo is sent at once, not held back by Nagle (up to 40 ms stalls)."""
     with contextlib.suppress(OSError):  # not TCP (a socketpair), or the peer already left
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: SO_LINGER on, 0 seconds: close() then discards unsent data and sends a RST, not a FIN.
+RESET_LINGER = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(sock: socket.socket | Any) -> None:
+    """Make the next ``close()`` of ``sock`` a reset (RST) instead of an orderly FIN."""
+    with contextlib.suppress(OSError):  # already reset by the peer: a reset either way
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_LINGER)

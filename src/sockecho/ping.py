@@ -56,6 +56,7 @@ from typing import Any, TextIO
 from sockecho.arguments import ExitCode, add_trace_argument, positive_int, seconds, tracer_for
 from sockecho.config import DEFAULT_PORT
 from sockecho.errors import ConfigError
+from sockecho.identity import IdentityError, read_identity
 from sockecho.net import format_host_port, resolve
 
 #: ping(8)'s default payload (bytes).
@@ -141,8 +142,11 @@ class Pinger:
         out: TextIO | None = None,
         clock: Callable[[], float] = time.perf_counter,
         socket_class: type[socket.socket] = socket.socket,
+        identify: bool = False,
     ) -> None:
         self.udp = udp
+        self.identify = identify  # read each connection's --identify line; show the instance
+        self.instance: str | None = None
         self.socket_class = socket_class  # --trace passes a narrating one
         family, sockaddr = resolve(
             host, port, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM, passive=False
@@ -193,6 +197,8 @@ class Pinger:
                     raise
                 connect_time = self.clock() - started
                 self.sock = sock
+                if self.identify:
+                    self.instance = self._read_identity(sock)
             sock = self.sock
             started = self.clock()
             sock.sendall(payload)
@@ -224,10 +230,24 @@ class Pinger:
             return
         self.stats.rtts.append(rtt)
         connect = f" connect={connect_time * 1000:.3f} ms" if connect_time is not None else ""
+        instance = f" instance={self.instance}" if self.identify else ""
         self.say(
             f"{len(echoed)} bytes from {self.where}: seq={sequence}{connect} "
-            f"time={rtt * 1000:.3f} ms"
+            f"time={rtt * 1000:.3f} ms{instance}"
         )
+
+    def _read_identity(self, sock: socket.socket) -> str:
+        """The instance named by the server's --identify line (read before any probe)."""
+        data = b""
+        try:
+            while (found := read_identity(data)) is None:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionResetError("the server closed before its identity line")
+                data += chunk
+        except IdentityError as exc:
+            raise OSError(f"no identity line: {exc}") from None
+        return str(found[0].get("instance"))
 
     def _probe_udp(self, sequence: int, payload: bytes) -> None:
         if self.sock is None:
@@ -293,6 +313,7 @@ def ping(
     out: TextIO | None = None,
     interrupted: Callable[[], bool] = lambda: False,
     socket_class: type[socket.socket] = socket.socket,
+    identify: bool = False,
 ) -> PingStats:
     """Send ``count`` probes ``interval`` seconds apart, print each and a summary."""
     pinger = Pinger(
@@ -304,6 +325,7 @@ def ping(
         timeout=timeout,
         out=out,
         socket_class=socket_class,
+        identify=identify,
     )
     proto = "udp" if udp else "tcp"
     pinger.say(f"PING {pinger.where} ({proto}): {size} data bytes")
@@ -367,6 +389,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--connect", action="store_true", help="a new TCP connection per probe (times connect)"
     )
+    parser.add_argument(
+        "--identify",
+        action="store_true",
+        help="read the server's --identify line on each connection; show the instance per probe",
+    )
     add_trace_argument(parser)  # the narration's own cost is inside the times it prints
     parser.set_defaults(run=run_ping, parser=parser)
 
@@ -383,6 +410,8 @@ def run_ping(args: argparse.Namespace) -> int:
         parser.error(f"--size must be at most {MAX_UDP_SIZE if args.udp else MAX_TCP_SIZE} bytes")
     if args.udp and args.connect:
         parser.error("--connect is for TCP (UDP has no connection to time)")
+    if args.udp and args.identify:
+        parser.error("--identify is for TCP (ask a UDP server with 'sockecho-identify')")
     if args.timeout <= 0:
         parser.error("--timeout must be more than 0 seconds")
     tracer = tracer_for(args, "client")
@@ -407,6 +436,7 @@ def run_ping(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             interrupted=lambda: stop,
             socket_class=tracer.socket_class() if tracer else socket.socket,
+            identify=args.identify,
         )
     finally:
         signal.signal(signal.SIGINT, previous)

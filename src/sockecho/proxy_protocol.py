@@ -255,6 +255,26 @@ class ProxyHeaderParser:
         """Bytes held while the header is incomplete."""
         return len(self._buffer)
 
+    @property
+    def bytes_wanted(self) -> int:
+        """How many bytes may be read next without reading past the header (0 once done).
+
+        For a receiver that must leave what follows the header in the kernel, such as
+        TLS after a PROXY header (the ClientHello belongs to the SSL object): read at
+        most this many, feed them, ask again. A v2 header takes two reads (its fixed 16
+        bytes, then the length they announce); a v1 line is read a byte or two at a time
+        once its shortest form (15 bytes) is in, as its end is known only at the CRLF.
+        """
+        if self._outcome is not NEED_MORE:
+            return 0
+        buf = self._buffer
+        if buf[:1] == V2_SIGNATURE[:1] and self._versions != "v1":
+            if len(buf) < V2_FIXED_LENGTH:
+                return V2_FIXED_LENGTH - len(buf)
+            return V2_FIXED_LENGTH + int.from_bytes(buf[14:16], "big") - len(buf)
+        shortest = len(b"PROXY UNKNOWN\r\n")
+        return max(shortest - len(buf), 1 if buf.endswith(b"\r") else 2)
+
     def feed(self, data: bytes | bytearray | memoryview) -> Outcome:
         """Add the next bytes read from the connection; the outcome so far."""
         if self._outcome is not NEED_MORE:

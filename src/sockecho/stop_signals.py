@@ -47,15 +47,20 @@ class StopSignals:
         self._reader.setblocking(False)
         self._writer.setblocking(False)  # set_wakeup_fd requires it: a handler never blocks
         self._pending: list[int] = []
-        self._previous_fd = -1
+        self._previous_fd: int | None = None  # None: the wake-up descriptor is not ours
         self._previous_handlers: dict[int, Callable[[int, FrameType | None], object] | int | None]
         self._previous_handlers = {}
 
     def __enter__(self) -> StopSignals:
-        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        self._previous_handlers = {
-            signum: signal.signal(signum, _wake_only) for signum in self.signals
-        }
+        try:  # ValueError outside the main thread: signals are the main thread's business
+            self._previous_fd = signal.set_wakeup_fd(
+                self._writer.fileno(), warn_on_full_buffer=False
+            )
+            for signum in self.signals:
+                self._previous_handlers[signum] = signal.signal(signum, _wake_only)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -65,16 +70,37 @@ class StopSignals:
         traceback: TracebackType | None,
     ) -> None:
         # The caller's handlers and wake-up descriptor come back: main() is a function.
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        signal.set_wakeup_fd(self._previous_fd)
-        self._reader.close()
-        self._writer.close()
+        try:
+            for signum, handler in self._previous_handlers.items():
+                signal.signal(signum, handler)
+            if self._previous_fd is not None:
+                signal.set_wakeup_fd(self._previous_fd)
+        finally:
+            self._reader.close()
+            self._writer.close()
 
     def ended(self) -> None:
         """Say (from any thread) that the server ended: :meth:`wait` returns None."""
         with contextlib.suppress(OSError):  # closed: the main thread is gone already
             self._writer.send(bytes([ENDED]))
+
+    def fileno(self) -> int:
+        """The descriptor to ``select()`` on beside others (``--workers``' supervisor waits
+        on its workers too); when it is readable, :meth:`take` says what came."""
+        return self._reader.fileno()
+
+    def take(self) -> list[int | None]:
+        """What has come so far, without waiting: signal numbers, and None for
+        :meth:`ended`."""
+        with contextlib.suppress(BlockingIOError):
+            self._pending.extend(self._reader.recv(256))
+        taken: list[int | None] = [
+            None if received == ENDED else received
+            for received in self._pending
+            if received == ENDED or received in self.signals
+        ]
+        self._pending.clear()
+        return taken
 
     def wait(self) -> int | None:
         """Sleep until a stop signal arrives (its number) or :meth:`ended` was called (None)."""

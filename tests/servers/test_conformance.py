@@ -16,6 +16,7 @@ from sockecho import Server, ServerConfig
 from sockecho.servers.base import SocketCalls
 from tests.conftest import (
     CONCURRENT_MODELS,
+    STOP_MARGIN,
     WAIT,
     connect,
     open_fds,
@@ -199,13 +200,17 @@ def test_stop_returns_only_after_a_slowly_closing_connection_socket_is_closed(
 
 
 def test_stop_with_an_open_idle_client_finishes_within_the_drain_timeout(model: str) -> None:
-    srv = Server(ServerConfig(model=model, port=0, drain_timeout=0.3))
+    drain = 0.3
+    srv = Server(ServerConfig(model=model, port=0, drain_timeout=drain))
     srv.start()
     with connect(srv.address) as idle_client:
         idle_client.sendall(b"x")
         assert recv_exactly(idle_client, 1) == b"x"
+        stopped_at = time.monotonic()
         srv.stop(timeout=WAIT)  # ServerFailed if it hung past the timeout
+        took = time.monotonic() - stopped_at
         assert recv_until_eof(idle_client) == b""  # the server closed it after the drain
+    assert drain - 0.05 <= took <= drain + STOP_MARGIN
 
 
 def test_stats_count_bytes_echoed(server: Server) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -233,6 +234,37 @@ def test_udp_identify_request_is_echoed_without_identify(model: str) -> None:
         assert udp.recv(100) == IDENTIFY_REQUEST
 
 
-def test_proxy_protocol_with_tls_is_refused_for_now(certs: Certificates) -> None:  # noqa: F811
-    with pytest.raises(ValueError, match="cannot be combined with TLS"):
-        tls_config("asyncio", certs, proxy_protocol="v2")
+@pytest.mark.parametrize("encode", [encode_v1, encode_v2], ids=["v1", "v2"])
+def test_proxy_header_before_tls_names_the_client_and_the_handshake_follows(
+    model: str,
+    certs: Certificates,  # noqa: F811
+    encode: Any,
+    server_log: list[str],
+) -> None:
+    context = client_context(ClientTLSConfig(ca_file=str(certs.ca)))
+    settings = {"identify": "t", "proxy_protocol": "any"}
+    with Server(tls_config(model, certs, **settings)) as server:
+        raw = connect(server.address)
+        raw.sendall(encode(CLIENT, server.address))  # in clear, then the ClientHello
+        with context.wrap_socket(raw, server_hostname="localhost") as client:
+            identity = read_line(client)
+            client.sendall(b"secret")
+            assert recv_exactly(client, 6) == b"secret"
+        assert server.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
+    assert identity["peer"] == "203.0.113.7:40000"
+    assert identity["tls"]["sni"] == "localhost"
+    assert any(line.startswith("open 203.0.113.7:40000 via") for line in server_log)
+
+
+def test_tls_client_without_a_proxy_header_is_refused_as_a_proxy_failure(
+    model: str,
+    certs: Certificates,  # noqa: F811
+) -> None:
+    context = client_context(ClientTLSConfig(ca_file=str(certs.ca)))
+    with Server(tls_config(model, certs, proxy_protocol="v2")) as server:
+        raw = connect(server.address)
+        with pytest.raises((ssl.SSLError, OSError)):
+            context.wrap_socket(raw, server_hostname="localhost").close()
+        raw.close()
+        assert server.stats.wait_for(lambda s: s.proxy_header_failures == 1, WAIT)
+        assert server.snapshot().tls_handshake_failures == 0

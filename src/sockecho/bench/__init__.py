@@ -23,6 +23,7 @@ against the C reference client of benchmarks/ before trusting a figure).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -115,13 +116,30 @@ def add_parser(commands: Any) -> None:
         "--insecure", action="store_true", help="TLS without verifying the certificate"
     )
     bench.add_argument(
-        "-p", "--processes", type=positive_int, default=1, metavar="P", help="load processes"
+        "-p",
+        "--processes",
+        type=process_count,
+        default=1,
+        metavar="P",
+        help="load processes; auto: one per CPU this process may run on, at most one per "
+        "connection (default: 1)",
     )
     bench.add_argument(
         "--loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
         help="the load generator's event loop (uvloop: the sockecho[uvloop] extra)",
+    )
+    bench.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        help="send a PROXY protocol header on each connection (a --proxy-protocol server)",
+    )
+    bench.add_argument(
+        "--identify",
+        action="store_true",
+        help="read each connection's --identify line: connections and round trips per "
+        "instance behind a load balancer (docs/operations.md)",
     )
     bench.add_argument(
         "--json", metavar="FILE", help="write the result as JSON (docs/measuring.md)"
@@ -139,6 +157,19 @@ def add_parser(commands: Any) -> None:
     compare.add_argument("files", nargs="+", metavar="RUN.json")
     compare.add_argument("--plot", dest="compare_plot", metavar="FILE.png")
     compare.set_defaults(run=run_compare, parser=compare)
+
+
+#: --processes auto: stands for "one per usable CPU" until the connections are known.
+AUTO_PROCESSES = 0
+
+
+def process_count(text: str) -> int:
+    return AUTO_PROCESSES if text == "auto" else positive_int(text)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (taskset and cgroup cpusets shrink it), at least 1."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 def positive_float(text: str) -> float:
@@ -159,6 +190,12 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         parser.error(f"--size must be 16 to {MAX_UDP_SIZE} bytes with --udp")
     if args.size > MAX_SIZE:
         parser.error(f"--size must be at most {MAX_SIZE} bytes")
+    if args.processes == AUTO_PROCESSES:
+        args.processes = min(usable_cpus(), args.connections)
+    if args.udp and (args.proxy or args.identify):
+        parser.error("--proxy and --identify apply to TCP connections")
+    if args.tls and args.proxy:
+        parser.error("--proxy cannot be combined with --tls yet")
     if args.processes > args.connections:
         parser.error("--processes cannot exceed --connections (each process needs one)")
     if args.loop == "uvloop":
@@ -183,6 +220,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         cafile=args.cafile,
         processes=args.processes,
         loop=args.loop,
+        proxy=args.proxy,
+        identify=args.identify,
     )
 
 

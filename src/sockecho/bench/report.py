@@ -23,12 +23,33 @@ if TYPE_CHECKING:
     from sockecho.bench.runner import BenchSpec
 
 SCHEMA = "sockecho-bench/1"
+#: Share of its wall time a load process may spend on the CPU before it counts as saturated:
+#: above it the process, not the server, sets the pace (wrk's warning, and the C client's
+#: check in benchmarks/). An event loop that is never idle sits at 0.95-1.0.
+SATURATED = 0.9
 #: The percentiles every report shows (100 is the maximum).
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 100.0)
 
 
 def percentile_key(p: float) -> str:
     return "max" if p == 100.0 else "p" + f"{p:g}".replace(".", "")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLoad:
+    """What one load process cost: CPU seconds (user + system) over its measured window."""
+
+    cpu_seconds: float
+    wall_seconds: float
+
+    @property
+    def busy(self) -> float:
+        """The share of the window it spent on the CPU (1.0: never idle)."""
+        return self.cpu_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def saturated(self) -> bool:
+        return self.busy >= SATURATED
 
 
 @dataclass(slots=True)
@@ -43,6 +64,42 @@ class BenchResult:
     errors: dict[str, int]
     histogram: HdrHistogram
     environment: dict[str, Any] = field(default_factory=dict)
+    client_cpu: list[ProcessLoad] = field(default_factory=list)  # one per load process
+
+    @property
+    def client_cpu_us_per_round_trip(self) -> float:
+        """The load generator's own CPU per verified round trip (µs), all processes."""
+        cpu = sum(load.cpu_seconds for load in self.client_cpu)
+        return cpu / self.round_trips * 1e6 if self.round_trips else 0.0
+
+    @property
+    def saturated_processes(self) -> list[int]:
+        """Numbers of the load processes that were busy SATURATED of the time or more."""
+        return [k for k, load in enumerate(self.client_cpu) if load.saturated]
+
+    #: ``--identify``: per instance name, its connections and measured round trips
+    instances: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def spread(self) -> dict[str, Any]:
+        """How the load balancer spread the run: per instance its counts and shares, and the
+        max/min ratio of round trips (1.0: perfectly even; inf: an instance got none)."""
+        total_connections = sum(i["connections"] for i in self.instances.values())
+        total_round_trips = sum(i["round_trips"] for i in self.instances.values())
+        rows = {
+            name: {
+                **counts,
+                "connection_share": counts["connections"] / total_connections
+                if total_connections
+                else 0.0,
+                "round_trip_share": counts["round_trips"] / total_round_trips
+                if total_round_trips
+                else 0.0,
+            }
+            for name, counts in self.instances.items()
+        }
+        trips = [i["round_trips"] for i in self.instances.values()]
+        ratio = (max(trips) / min(trips) if min(trips) else float("inf")) if trips else 0.0
+        return {"instances": rows, "max_min_ratio": ratio}
 
     @property
     def error_count(self) -> int:
@@ -92,12 +149,26 @@ class BenchResult:
             "bytes_echoed": self.bytes_echoed,
             "mb_per_s": round(self.megabytes_per_second, 6),
             "latency_us": self.latency(),
+            "instances": self.instances,
             "errors": {kind: self.errors.get(kind, 0) for kind in ERROR_KINDS},
             "error_count": self.error_count,
             "lost": self.lost,
             "loss": round(self.loss, 6),
             "histogram": encoded.decode("ascii") if isinstance(encoded, bytes) else encoded,
             "environment": self.environment,
+            "client": {
+                "cpu_s": round(sum(load.cpu_seconds for load in self.client_cpu), 6),
+                "cpu_us_per_rt": round(self.client_cpu_us_per_round_trip, 3),
+                "processes": [
+                    {
+                        "cpu_s": round(load.cpu_seconds, 6),
+                        "wall_s": round(load.wall_seconds, 6),
+                        "busy": round(load.busy, 3),
+                    }
+                    for load in self.client_cpu
+                ],
+                "saturated": len(self.saturated_processes),
+            },
         }
 
     @classmethod
@@ -117,6 +188,14 @@ class BenchResult:
             errors={k: int(v) for k, v in document["errors"].items() if v},
             histogram=HdrHistogram.decode(document["histogram"]),
             environment=dict(document.get("environment", {})),
+            client_cpu=[
+                ProcessLoad(float(p["cpu_s"]), float(p["wall_s"]))
+                for p in document.get("client", {}).get("processes", [])
+            ],
+            instances={
+                str(name): {k: int(v) for k, v in counts.items()}
+                for name, counts in document.get("instances", {}).items()
+            },
         )
 
 
@@ -169,7 +248,42 @@ def print_result(result: BenchResult, console: Console) -> None:
         table.add_row("lost", f"{result.lost:,}", f"{result.loss:.2%} of datagrams")
     errors = ", ".join(f"{kind} {count:,}" for kind, count in sorted(result.errors.items()))
     table.add_row("errors", f"{result.error_count:,}", errors)
+    if result.client_cpu:
+        busy = ", ".join(f"{load.busy:.0%}" for load in result.client_cpu)
+        table.add_row(
+            "client CPU",
+            f"{result.client_cpu_us_per_round_trip:.2f}",
+            f"µs per round trip (busy: {busy})",
+        )
     console.print(table)
+    if saturated := result.saturated_processes:
+        which = ", ".join(str(k + 1) for k in saturated)
+        console.print(
+            f"warning: load process {which} of {len(result.client_cpu)} was busy "
+            f"{SATURATED:.0%} of the time or more: these figures may measure the client, not "
+            "the server (add --processes, or check against benchmarks/reference/echo_client.c)",
+            highlight=False,
+        )
+    if result.instances:
+        print_spread(result, console)
+
+
+def print_spread(result: BenchResult, console: Console) -> None:
+    """``--identify``: connections and round trips per instance, and how even they are."""
+    spread = result.spread()
+    table = Table(box=None, pad_edge=False)
+    for heading in ("instance", "connections", "share", "round trips", "share"):
+        table.add_column(heading, justify="left" if heading == "instance" else "right")
+    for name, row in spread["instances"].items():
+        table.add_row(
+            name,
+            f"{row['connections']:,}",
+            f"{row['connection_share']:.1%}",
+            f"{row['round_trips']:,}",
+            f"{row['round_trip_share']:.1%}",
+        )
+    console.print(table)
+    console.print(f"spread: max/min round trips {spread['max_min_ratio']:.2f}", highlight=False)
 
 
 def print_comparison(results: list[tuple[str, BenchResult]], console: Console) -> None:

@@ -31,7 +31,7 @@ from hdrh.histogram import HdrHistogram
 
 from sockecho import __version__
 from sockecho.bench.load import LoadSpec, Tally, new_histogram, run_load_blocking
-from sockecho.bench.report import BenchResult
+from sockecho.bench.report import BenchResult, ProcessLoad
 from sockecho.client import connect_error
 from sockecho.errors import ConnectError, SockechoError
 from sockecho.net import format_host_port, resolve
@@ -63,6 +63,8 @@ class BenchSpec:
     cafile: str | None = None
     processes: int = 1
     loop: str = "asyncio"
+    proxy: str | None = None  # "v1"/"v2": send a PROXY header on each connection
+    identify: bool = False  # read each connection's --identify line: the spread per instance
 
     @property
     def effective_timeout(self) -> float:
@@ -112,6 +114,8 @@ def load_specs(spec: BenchSpec, address: str) -> list[LoadSpec]:
                 server_name=spec.host if spec.tls else None,
                 first_channel=first,
                 use_uvloop=spec.loop == "uvloop",
+                proxy=spec.proxy,
+                identify=spec.identify,
             )
         )
         first += connections[k]
@@ -211,6 +215,10 @@ def tally_to_wire(tally: Tally) -> dict[str, Any]:
         "errors": dict(tally.errors),
         "first_start": tally.first_start,
         "last_end": tally.last_end,
+        "cpu_seconds": tally.cpu_seconds,
+        "wall_seconds": tally.wall_seconds,
+        "instance_connections": dict(tally.instance_connections),
+        "instance_round_trips": dict(tally.instance_round_trips),
     }
 
 
@@ -223,6 +231,10 @@ def tally_from_wire(wire: dict[str, Any]) -> Tally:
         errors=collections.Counter(wire["errors"]),
         first_start=wire["first_start"],
         last_end=wire["last_end"],
+        cpu_seconds=wire["cpu_seconds"],
+        wall_seconds=wire["wall_seconds"],
+        instance_connections=collections.Counter(wire["instance_connections"]),
+        instance_round_trips=collections.Counter(wire["instance_round_trips"]),
     )
 
 
@@ -275,9 +287,13 @@ def run_in_processes(
 def merge(spec: BenchSpec, tallies: list[Tally]) -> BenchResult:
     histogram = new_histogram()
     errors: collections.Counter[str] = collections.Counter()
+    connections: collections.Counter[str] = collections.Counter()
+    round_trips_by: collections.Counter[str] = collections.Counter()
     for tally in tallies:
         histogram.add(tally.histogram)
         errors.update(tally.errors)
+        connections.update(tally.instance_connections)
+        round_trips_by.update(tally.instance_round_trips)
     round_trips = sum(tally.round_trips for tally in tallies)
     start = min(tally.first_start for tally in tallies)
     end = max(tally.last_end for tally in tallies)
@@ -293,6 +309,11 @@ def merge(spec: BenchSpec, tallies: list[Tally]) -> BenchResult:
         errors=dict(errors),
         histogram=histogram,
         environment=environment(spec),
+        client_cpu=[ProcessLoad(t.cpu_seconds, t.wall_seconds) for t in tallies],
+        instances={
+            name: {"connections": connections[name], "round_trips": round_trips_by[name]}
+            for name in sorted(connections | round_trips_by)
+        },
     )
 
 

@@ -18,7 +18,6 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sockecho.client import Channel, connect_tcp, handshake_error
 from sockecho.errors import ClientError
@@ -80,19 +79,20 @@ class Probe:
         would make the socket non-blocking)."""
         return max(self.deadline - time.monotonic(), 0.001)
 
+    def restart_deadline(self) -> None:
+        """A new deadline for a case made of rounds (each round may take ``timeout``)."""
+        self.deadline = time.monotonic() + self.timeout
+
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
 
-    def connect(self, *, handshake: bool = True, small_buffers: bool = False) -> Connection:
+    def connect(self, *, handshake: bool = True) -> Connection:
         """A new connection (over TLS when checking TLS); a refused or failed connection is
         a :class:`Failure` naming what happened. ``handshake=False`` leaves the TLS
         handshake to :meth:`Connection.handshake` (a server serving one client at a time
-        does not answer it while another client is connected). ``small_buffers``
-        keeps this side's kernel buffers small, so that what the server takes is measured
-        rather than what this client's kernel holds."""
-        socket_class = SmallBufferSocket if small_buffers else socket.socket
+        does not answer it while another client is connected)."""
         try:
-            sock = connect_tcp(self.host, self.port, self.remaining(), socket_class)
+            sock = connect_tcp(self.host, self.port, self.remaining())
         except ClientError as exc:
             raise Failure("a connection", exc.message) from None
         self._track(sock)
@@ -132,19 +132,6 @@ class Probe:
             sockets, self._sockets = list(self._sockets), []
         for sock in sockets:
             sock.close()
-
-
-#: Bytes of kernel buffer each way for ``small_buffers`` (the kernel doubles the figure).
-SMALL_BUFFER = 32 * 1024
-
-
-class SmallBufferSocket(socket.socket):
-    """A socket whose buffers are set before connect() (window scaling is fixed then)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
-        self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
 
 
 class Connection:
@@ -285,11 +272,11 @@ def lost(exc: OSError) -> str:
 
 
 def describe_bytes(data: bytes) -> str:
-    """``68 6f 6c 61 ('hola')``: hex, and the text when it is printable."""
+    """``68 6f 6c 61 0d 0a (b'hola\\r\\n')``: hex, and the bytes as text when most are text."""
     if not data:
         return "nothing"
-    text = data.decode("ascii", "replace")
-    shown = f" ({text!r})" if text.isprintable() else ""
+    text = sum(32 <= byte < 127 or byte in b"\r\n\t" for byte in data)
+    shown = f" ({data!r})" if text * 4 >= len(data) * 3 else ""
     return data.hex(" ") + shown
 
 

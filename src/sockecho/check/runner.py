@@ -128,13 +128,15 @@ def run_case(
 
     thread = threading.Thread(target=attempt, name=f"sockecho-check-{case.id}", daemon=True)
     thread.start()
-    thread.join(timeout + ABANDON_GRACE)
+    # The deadline may move (a case made of rounds restarts it for each round).
+    while thread.is_alive() and (left := probe.deadline + ABANDON_GRACE - time.monotonic()) > 0:
+        thread.join(left)
     if thread.is_alive():
         probe.abort()  # wakes whatever it is blocked on
         thread.join(ABANDON_GRACE)
     probe.close_all()
     duration = time.monotonic() - started
-    if not outcome:
+    if not outcome or probe.aborted:  # an aborted probe's own verdict saw closed sockets
         return result_of(
             case,
             Verdict.FAILED,

@@ -47,6 +47,15 @@ TLS (``--tls-cert``/``--tls-key``)
     logged and counted, and a half-close is answered with the whole echo, then
     close_notify.
 
+Faults (``--fault``)
+    With TCP faults every connection gets a :class:`FaultedEchoProtocol`, which
+    leaves the fast path: each read goes into the session, only what the session
+    lets go is written, and ``loop.call_later`` brings it back when something is
+    due (a held chunk, the next paced piece, a delayed close). Each read asks for
+    no more than read-bandwidth allows (``get_buffer``). Without faults the plain
+    protocol runs, unchanged. UDP faults are decided per datagram in
+    ``datagram_received``; a reordered echo waits on a ``call_later`` too.
+
 What it costs and where it breaks
     One thread, and one ``read_size`` (64 KiB) read buffer for the whole
     server, shared by every connection (see "The fast path"). Per connection a
@@ -71,8 +80,15 @@ from typing import Any, cast
 
 from sockecho import net
 from sockecho.config import ServerConfig
-from sockecho.core import EchoSession, ProxyHeaderError, SourceLimitReached
+from sockecho.core import (
+    EchoSession,
+    FaultedSession,
+    ProxyHeaderError,
+    SessionState,
+    SourceLimitReached,
+)
 from sockecho.errors import ConfigError
+from sockecho.faults import REORDER_HOLD, DatagramFaults, FaultKind
 from sockecho.identity import IDENTIFY_REQUEST
 from sockecho.servers.base import (
     ACCEPT_CAPACITY_ERRNOS,
@@ -239,6 +255,7 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
         self._read_size = server.config.read_size
         self._tls = TLSBuffers(context, server_side=True)
         self._deadline: asyncio.TimerHandle | None = None
+        self._header_deadline: asyncio.TimerHandle | None = None
         self.error: Exception | None = None  # why the server ended it, for connection_lost
         self.session: EchoSession | None = None
         self.transport: asyncio.Transport | None = None
@@ -248,15 +265,39 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
         if self.session is not None:
-            self._deadline = asyncio.get_running_loop().call_later(
+            loop = asyncio.get_running_loop()
+            # The handshake's deadline; a PROXY header must come before, within its own.
+            self._deadline = loop.call_later(
                 self.server.config.tls_handshake_timeout, self._handshake_timed_out
             )
+            if self.session.awaiting_header:
+                self._header_deadline = loop.call_later(
+                    max(0.0, self.session.header_deadline - time.monotonic()),
+                    self._header_timed_out,
+                )
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and session.awaiting_header:  # PROXY header, then TLS
+            try:
+                rest = self.server.header_received(session, data)
+            except (ProxyHeaderError, SourceLimitReached) as exc:
+                self.error = exc
+                assert self.transport is not None
+                self.transport.abort()
+                return
+            if rest is None:
+                return
+            data = rest
+            if not data:
+                return
         self._tls.receive(data)
         self._advance()
 
     def eof_received(self) -> bool:
+        if self.session is not None and self.session.awaiting_header:
+            self.error = ProxyHeaderError("the connection closed before a complete PROXY header")
+            return False
         self._tls.receive(b"")  # a TCP FIN: the end of the client's input (a half-close)
         self._advance()
         return False  # close once every echoed byte is written
@@ -292,21 +333,177 @@ class TLSEchoProtocol(ReadPausing, asyncio.Protocol):
         if data is not None:
             transport.close()  # after the buffered echo is written
 
+    def _header_timed_out(self) -> None:
+        if self.session is not None and self.session.awaiting_header and self.transport:
+            self.error = self.server.header_timeout()
+            self.transport.abort()
+
     def _handshake_timed_out(self) -> None:
+        if self.session is not None and self.session.awaiting_header:
+            return  # the header's own deadline ends it
         if not self._tls.handshake_done and self.transport is not None:
             self.server.stats.tls_handshake_failed()
             self.error = TimeoutError(errno.ETIMEDOUT, "TLS handshake timed out")
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        for timer in (self._deadline, self._header_deadline):
+            if timer is not None:
+                timer.cancel()
         if self.session is not None:
             self.server.connection_lost(self, self.error or exc)
 
 
-#: What the loop holds per connection: the plain protocol (with a preamble or not) or the TLS one.
-AnyEchoProtocol = EchoProtocol | TLSEchoProtocol
+class FaultedEchoProtocol(asyncio.BufferedProtocol):
+    """One connection of a server with ``--fault``: the session decides what may go when.
+
+    Used for every connection when TCP faults are configured (a connection spared by
+    ``--fault-probability`` gets a plain session and is echoed at once). Unlike
+    :class:`EchoProtocol` nothing is written straight from the read buffer: each read
+    goes into the session, only :meth:`EchoSession.data_to_send` is written, and a timer
+    (``call_later``) comes back when the session says something is due.
+    """
+
+    def __init__(self, server: AsyncioServer) -> None:
+        self.server = server
+        self.session: EchoSession | None = None
+        self.transport: asyncio.Transport | None = None
+        self.error: Exception | None = None  # why the server ended it, for connection_lost
+        self._buffer = memoryview(bytearray(server.config.read_size))
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        self._reading = True
+        self._writing_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+        self.session = self.server.connection_made(self, transport)
+        if self.session is None:
+            return
+        if self.session.awaiting_header:  # --proxy-protocol: the header first, under its deadline
+            self._set_timer(self.session.header_deadline)
+        else:
+            self._start_echo(b"")  # a fault after 0 bytes fires now
+
+    def _start_echo(self, first: bytes) -> None:
+        """The preamble is over: the ``--identify`` line, then ``first``, as the faults allow."""
+        session = self.session
+        assert session is not None
+        line = self.server.identity(session, socket_of(self))
+        if line:
+            session.send_first(line)
+        if first:
+            session.data_received(first)
+        self._advance()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        session = self.session
+        size = self.server.config.read_size
+        if isinstance(session, FaultedSession):
+            size = max(1, session.read_size(size))  # read-bandwidth: no more than allowed
+        return self._buffer[:size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        session = self.session
+        assert session is not None
+        if session.awaiting_header:
+            try:
+                first = self.server.header_received(session, self._buffer[:nbytes])
+            except (ProxyHeaderError, SourceLimitReached) as exc:
+                self._abort(exc)
+                return
+            if first is not None:
+                self._start_echo(first)
+            return
+        session.data_received(self._buffer[:nbytes])
+        self._advance()
+
+    def eof_received(self) -> bool:
+        session = self.session
+        assert session is not None
+        if session.awaiting_header:
+            self.error = ProxyHeaderError("the connection closed before a complete PROXY header")
+            return False
+        session.eof_received()
+        self._advance()
+        return True  # the session says when to close (after the echo, and any slow-close)
+
+    def _abort(self, error: Exception) -> None:
+        self.error = error
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._advance()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._advance()
+
+    def _advance(self) -> None:
+        """Write what the faults let go, carry out a fault that fired, set the next timer."""
+        transport, session = self.transport, self.session
+        if transport is None or session is None or transport.is_closing():
+            return
+        while True:
+            with session.data_to_send() as view:  # released before data_sent() moves it
+                echo = bytes(view)
+            if not echo:
+                break
+            transport.write(echo)
+            session.data_sent(len(echo))
+        if isinstance(session, FaultedSession):
+            fired = session.fired()
+            if fired is not None:
+                self.server.fault_fired(session, fired)
+                if fired is FaultKind.RESET_AFTER:
+                    net.reset_on_close(transport.get_extra_info("socket"))
+                    transport.abort()
+                    return
+                if fired is FaultKind.LIMIT_DATA:
+                    transport.write_eof()  # FIN after what is already written
+        if session.finished:
+            if isinstance(session, FaultedSession) and session.close_delayed:
+                self.server.fault_fired(session, FaultKind.SLOW_CLOSE)
+            transport.close()
+            return
+        want = session.wants_read and not self._writing_paused
+        if want != self._reading and session.state is SessionState.OPEN:
+            (transport.resume_reading if want else transport.pause_reading)()
+            self._reading = want
+        if isinstance(session, FaultedSession):
+            self._set_timer(session.due())
+
+    def _set_timer(self, due: float | None) -> None:
+        if due is None or (self._timer is not None and self._timer_due <= due):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, due - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        session = self.session
+        if session is not None and session.awaiting_header:
+            if session.header_overdue():
+                self._abort(self.server.header_timeout())
+            return
+        self._advance()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.session is not None:
+            self.server.connection_lost(self, self.error or exc)
+
+
+#: What the loop holds per connection: the plain protocol (with a preamble or not), the TLS
+#: one or the faulted one.
+AnyEchoProtocol = EchoProtocol | TLSEchoProtocol | FaultedEchoProtocol
 
 
 def socket_of(protocol: AnyEchoProtocol) -> Any:
@@ -322,6 +519,9 @@ class EchoDatagramProtocol(asyncio.DatagramProtocol):
         self.sock = sock
         self.transport: asyncio.DatagramTransport | None = None
         self._send_error: OSError | None = None
+        self.faults: DatagramFaults | None = server.datagram_faults.get(sock)
+        self._held: tuple[bytes, net.SockAddr, int] | None = None  # reorder's held echo
+        self._held_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The selector loop's datagram transport has the interface but (before Python 3.12)
@@ -337,19 +537,54 @@ class EchoDatagramProtocol(asyncio.DatagramProtocol):
         if buffered > self.server.config.high_water:
             self.server.datagram_echoed(len(data), BlockingIOError("udp send buffer full"))
             return
-        self._send_error = None
         if data == IDENTIFY_REQUEST:
             data = self.server.datagram_identity(self.sock, addr, data)
-        if data:
-            transport.sendto(data, addr)  # a failure to send now is reported in error_received
-        else:
-            # Python 3.11's selector transport silently drops an empty datagram; RFC 862
-            # echoes it like any other, so send it ourselves (it never has to wait).
-            try:
-                self.sock.sendto(data, addr)
-            except OSError as exc:
-                self._send_error = exc
+        if self.faults is not None:
+            self._echo_faulted(data, addr, self.faults)
+            return
+        self._send(data, addr)
+
+    def _send(self, data: bytes, addr: net.SockAddr, copies: int = 1) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._send_error = None
+        for _ in range(copies):
+            if data:
+                transport.sendto(data, addr)  # a failure now is reported in error_received
+            else:
+                # Python 3.11's selector transport silently drops an empty datagram; RFC 862
+                # echoes it like any other, so send it ourselves (it never has to wait).
+                try:
+                    self.sock.sendto(data, addr)
+                except OSError as exc:
+                    self._send_error = exc
         self.server.datagram_echoed(len(data), self._send_error)
+
+    def _echo_faulted(self, data: bytes, addr: net.SockAddr, faults: DatagramFaults) -> None:
+        """As :meth:`EchoServer.echo_faulted_datagram`, on this transport."""
+        fate = faults.fate(len(data))
+        self.server.datagram_fate(fate, addr)
+        if fate.drop:
+            return
+        payload = fate.apply(data)
+        overtaken, self._held = self._held, None
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        if fate.hold:
+            self._held = (payload, addr, fate.copies)
+            loop = asyncio.get_running_loop()
+            self._held_timer = loop.call_later(REORDER_HOLD, self._release_held)
+        else:
+            self._send(payload, addr, fate.copies)
+        if overtaken is not None:
+            self._send(*overtaken)
+
+    def _release_held(self) -> None:
+        self._held_timer = None
+        held, self._held = self._held, None
+        if held is not None and self.transport is not None and not self.transport.is_closing():
+            self._send(*held)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and friends: the datagram is lost, the socket goes on.
@@ -410,6 +645,8 @@ class AsyncioServer(EchoServer):
     def _new_protocol(self) -> AnyEchoProtocol:
         if self.tls_context is not None:
             return TLSEchoProtocol(self, self.tls_context)
+        if self.faults.connection_faults:
+            return FaultedEchoProtocol(self)
         if self.config.proxy_protocol is not None or self.config.identify is not None:
             return PreambleEchoProtocol(self)
         return EchoProtocol(self)

@@ -74,6 +74,7 @@ from sockecho.core import (
     DatagramPolicy,
     DatagramVerdict,
     EchoSession,
+    FaultedSession,
     ProxyHeaderError,
     RateLimitedNotice,
     Refusal,
@@ -81,7 +82,14 @@ from sockecho.core import (
     SessionState,
     SourceLimitReached,
 )
-from sockecho.errors import BindError
+from sockecho.errors import BindError, ConfigError
+from sockecho.faults import (
+    REORDER_HOLD,
+    SHAPING_FAULTS,
+    DatagramFate,
+    DatagramFaults,
+    FaultKind,
+)
 from sockecho.i18n import N_, _, decimal
 from sockecho.identity import IDENTIFY_REQUEST, identity_line, identity_object
 from sockecho.proxy_protocol import ProxyVersions
@@ -157,6 +165,10 @@ class EchoServer(abc.ABC):
     summary: ClassVar[str]
     #: Hard ceiling on concurrent connections this design can hold (None: only memory).
     connection_ceiling: ClassVar[int | None] = None
+    #: Whether this design can obey ``--fault`` (delays and pacing need timers).
+    supports_faults: ClassVar[bool] = True
+    #: Why it cannot, when it cannot: the usage error says it.
+    faults_refusal: ClassVar[str] = ""
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         self.config = config
@@ -177,6 +189,16 @@ class EchoServer(abc.ABC):
             DatagramVerdict.LOW_PORT: RateLimitedNotice(),
             DatagramVerdict.RATE_LIMITED: RateLimitedNotice(),
         }
+        self.faults = config.fault_injector()
+        if self.faults.faults and not self.supports_faults:
+            raise ConfigError(
+                f"the {self.name} model cannot inject faults: {self.faults_refusal}",
+                "use --model asyncio, selectors, select or threading",
+            )
+        #: UDP faults, per UDP socket (see open()); empty without them
+        self.datagram_faults: dict[socket.socket, DatagramFaults] = {}
+        #: reorder: the echo held back on each UDP socket until the next one overtakes it
+        self.held_datagrams: dict[socket.socket, HeldDatagram] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -189,19 +211,28 @@ class EchoServer(abc.ABC):
         for attempt in range(PORT_ATTEMPTS):
             try:
                 self.listeners = net.open_listeners(
-                    self.config.host, self.config.port, self.config.backlog, self.calls.socket_class
+                    self.config.host,
+                    self.config.port,
+                    self.config.backlog,
+                    self.calls.socket_class,
+                    reuse_port=self.config.reuse_port,
                 )
                 if self.config.udp:
                     self.datagram_sockets = net.open_datagram_sockets(
                         self.config.host,
                         self.listeners[0].getsockname()[1],
                         self.calls.socket_class,
+                        reuse_port=self.config.reuse_port,
                     )
                 break
             except BindError:
                 self.close_listeners()
                 if self.config.port or attempt == PORT_ATTEMPTS - 1:
                     raise  # a port the user chose: tell them; a picked one: try another
+        for sock in self.datagram_sockets:
+            faults = self.faults.datagram_faults()
+            if faults is not None:
+                self.datagram_faults[sock] = faults
         scheme = "tls" if self.tls_context is not None else "tcp"
         return [net.endpoint_url(scheme, sock) for sock in self.listeners] + [
             net.endpoint_url("udp", sock) for sock in self.datagram_sockets
@@ -261,13 +292,37 @@ class EchoServer(abc.ABC):
         if refusal is not None:
             self.rejected(peer, refusal)
             return None
-        session = EchoSession(self.config, peer, UNKNOWN_SOURCE if proxied else source)
+        plan = self.faults.plan_connection()
+        session_source = UNKNOWN_SOURCE if proxied else source
+        session: EchoSession
+        if plan is None:
+            session = EchoSession(self.config, peer, session_source)
+        else:
+            session = FaultedSession(self.config, peer, session_source, plan)
         if proxied:
             versions = cast(ProxyVersions, self.config.proxy_protocol)
             session.expect_proxy_header(versions, self.config.proxy_header_timeout)
         else:
             self.opened(session)
+        if plan is not None:
+            log.debug("faults on %s: %s", session.peer, " ".join(map(str, plan.faults)))
+            for kind in plan.kinds:
+                if kind in SHAPING_FAULTS:
+                    self.stats.fault(kind)
         return session
+
+    def fault_fired(self, session: EchoSession, kind: FaultKind) -> None:
+        """Count and log a fault a model carried out (reset, limit, stall, slow close)."""
+        what = {
+            FaultKind.RESET_AFTER: "reset (RST)",
+            FaultKind.LIMIT_DATA: "closed its side (FIN), discarding input,",
+            FaultKind.STALL_AFTER: "stalled",
+            FaultKind.SLOW_CLOSE: "closing late",
+        }[kind]
+        log.debug(
+            "fault %s on %s: %s after %d bytes", kind.value, session.peer, what, session.bytes_sent
+        )
+        self.stats.fault(kind)
 
     def admit_socket(self, conn: socket.socket, addr: net.SockAddr) -> EchoSession | None:
         """:meth:`admit` for a socket the model accepted itself; closes it when refused."""
@@ -451,12 +506,65 @@ class EchoServer(abc.ABC):
                 continue
             if data == IDENTIFY_REQUEST:
                 data = self.datagram_identity(sock, addr, data)
+            if self.datagram_faults:
+                self.echo_faulted_datagram(sock, data, addr)
+                continue
             try:
                 sock.sendto(data, addr)
             except OSError as exc:  # unreachable, or the send buffer is full: UDP may drop
                 self.datagram_echoed(len(data), exc)
             else:
                 self.datagram_echoed(len(data))
+
+    def echo_faulted_datagram(self, sock: socket.socket, data: bytes, addr: net.SockAddr) -> None:
+        """Echo ``data`` as the UDP faults decide: dropped, corrupted, sent twice, or held
+        back (reorder) until the next echo on ``sock`` has gone, or :meth:`release_held_datagram`
+        at its ``due`` time (a model with timers calls it then)."""
+        fate = self.datagram_faults[sock].fate(len(data))
+        self.datagram_fate(fate, addr)
+        if fate.drop:
+            return
+        payload = fate.apply(data)
+        overtaken = self.held_datagrams.pop(sock, None)
+        if fate.hold:
+            due = time.monotonic() + REORDER_HOLD
+            self.held_datagrams[sock] = HeldDatagram(payload, addr, fate.copies, due)
+            self.datagram_held(sock, due)
+        else:
+            self.send_datagram(sock, payload, addr, fate.copies)
+        if overtaken is not None:
+            self.send_datagram(sock, overtaken.payload, overtaken.addr, overtaken.copies)
+
+    def datagram_fate(self, fate: DatagramFate, addr: net.SockAddr) -> None:
+        """Count and log the faults drawn for a datagram from ``addr``."""
+        for kind in fate.kinds:
+            self.stats.fault(kind)
+        if fate.kinds:
+            kinds = "+".join(kind.value for kind in fate.kinds)
+            log.debug("fault %s on a datagram from %s", kinds, net.format_sockaddr(addr))
+
+    def datagram_held(self, sock: socket.socket, due: float) -> None:  # noqa: B027 - a hook
+        """A reordered echo waits on ``sock``: call :meth:`release_held_datagram` at ``due``
+        (the readiness models set a timer; the threading model's UDP thread waits until then)."""
+
+    def release_held_datagram(self, sock: socket.socket) -> None:
+        """Send the echo held back on ``sock`` if it is due (no echo overtook it in time)."""
+        held = self.held_datagrams.get(sock)
+        if held is not None and held.due <= time.monotonic():
+            del self.held_datagrams[sock]
+            self.send_datagram(sock, held.payload, held.addr, held.copies)
+
+    def send_datagram(
+        self, sock: socket.socket, payload: bytes, addr: net.SockAddr, copies: int = 1
+    ) -> None:
+        """sendto() ``copies`` times and count one echo (UDP may drop: errors are counted)."""
+        try:
+            for _copy in range(copies):
+                sock.sendto(payload, addr)
+        except OSError as exc:
+            self.datagram_echoed(len(payload), exc)
+        else:
+            self.datagram_echoed(len(payload))
 
     def should_echo_datagram(self, addr: net.SockAddr) -> bool:
         """Whether a datagram from ``addr`` gets its echo; a drop is counted and logged."""
@@ -493,6 +601,16 @@ class EchoServer(abc.ABC):
         if error is not None:
             log.debug("udp sendto: %s", describe_error(error))
         self.stats.datagram(DatagramVerdict.REPLY, size=size, error=error is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDatagram:
+    """An echo the reorder fault holds back until the next one on its socket has gone."""
+
+    payload: bytes
+    addr: net.SockAddr
+    copies: int
+    due: float  # monotonic time at which it goes anyway
 
 
 def describe_error(exc: BaseException) -> str:

@@ -26,13 +26,17 @@ import socket
 import ssl
 import threading
 import time
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from sockecho import net
 from sockecho.config import ServerConfig
-from sockecho.core import EchoSession
+from sockecho.core import EchoSession, FaultedSession
+from sockecho.faults import FaultKind
 from sockecho.servers.base import ACCEPT_BACKOFF, EchoServer, SocketCalls, Waker, idle_connections
 
+#: Seconds between looks of a stalled connection's thread (stall-after) at whether a stop or
+#: the idle sweep ended it: it reads nothing, so no readiness can tell it.
+STALL_LOOK_INTERVAL = 0.25
 #: Seconds an orderly TLS close waits to hand its close_notify to the kernel (it never
 #: waits for the client's: the client may have half-closed with a plain FIN).
 CLOSE_NOTIFY_TIMEOUT = 1.0
@@ -211,6 +215,8 @@ class BlockingModel(EchoServer):
         self.track(conn)
         try:
             if self.tls_context is not None:
+                if session.awaiting_header:  # the PROXY header comes before the handshake
+                    self.read_header(conn, session, exact=True)
                 conn, error = self.tls_accept(conn)
                 if error is not None:
                     return
@@ -218,7 +224,9 @@ class BlockingModel(EchoServer):
             line = self.identity(session, conn, conn if isinstance(conn, ssl.SSLSocket) else None)
             if line:
                 conn.sendall(line)
-            if first:
+            if first and session.faulted:
+                session.data_received(first)  # echoed as the faults allow, below
+            elif first:
                 conn.sendall(first)
                 session.echoed(len(first))
             if self.idle_by_sweep:  # the socket that echoes (after TLS) is the one swept
@@ -226,6 +234,9 @@ class BlockingModel(EchoServer):
                 conn.settimeout(None)
             else:
                 conn.settimeout(self.config.idle_timeout or None)
+            if session.faulted:
+                self.echo_with_faults(conn, cast(FaultedSession, session))
+                return
             while True:
                 data = conn.recv(self.config.read_size)
                 if not data:  # b'': the client shut down its sending side (or closed)
@@ -245,17 +256,66 @@ class BlockingModel(EchoServer):
                 idle, error = True, None
             self.release(session, error, idle=idle)
 
-    def read_header(self, conn: socket.socket, session: EchoSession) -> bytes:
+    def echo_with_faults(self, conn: socket.socket, session: FaultedSession) -> None:
+        """The echo loop of a connection with faults (threading): the session says what may
+        be sent and read now; the thread waits for its socket or the session's next due time,
+        whichever comes first. Errors end it as in :meth:`echo_until_closed`."""
+        with self.calls.new_selector() as waiting:
+            waiting.register(conn, selectors.EVENT_READ)
+            while True:
+                while True:
+                    with session.data_to_send() as view:  # released before data_sent() moves it
+                        sent = len(view)
+                        if sent:  # (not even b"": after limit-data's FIN that is EPIPE)
+                            conn.sendall(view)
+                    if not sent:
+                        break
+                    session.data_sent(sent)
+                fired = session.fired()
+                if fired is not None:
+                    self.fault_fired(session, fired)
+                    if fired is FaultKind.RESET_AFTER:
+                        net.reset_on_close(conn)  # the close in echo_until_closed resets
+                        return
+                    if fired is FaultKind.LIMIT_DATA:
+                        conn.shutdown(socket.SHUT_WR)  # the FIN; input is read and discarded
+                if session.finished:
+                    if session.close_delayed:
+                        self.fault_fired(session, FaultKind.SLOW_CLOSE)
+                    return
+                due = session.due()
+                wait = None if due is None else max(0.0, due - time.monotonic())
+                if session.wants_read:
+                    if waiting.select(wait):
+                        data = conn.recv(session.read_size(self.config.read_size))
+                        if data:
+                            session.data_received(data)
+                        else:
+                            session.eof_received()
+                elif wait is not None:
+                    time.sleep(wait)  # held, paced or above high water: only time helps
+                else:  # stalled: nothing changes until a stop or the idle sweep ends it
+                    with self._open_changed:
+                        ended = self._drain_over or conn in self._idle_closed
+                    if ended:
+                        return
+                    time.sleep(STALL_LOOK_INTERVAL)
+
+    def read_header(
+        self, conn: socket.socket, session: EchoSession, *, exact: bool = False
+    ) -> bytes:
         """``--proxy-protocol``: read the PROXY header (never echoed) under its deadline; the
         client's bytes after it. Raises ProxyHeaderError (bad, late or missing header) or
-        SourceLimitReached, which end this connection."""
+        SourceLimitReached, which end this connection. ``exact``: never read past the
+        header (TLS follows: the SSL object reads the rest)."""
         while True:
             remaining = session.header_deadline - time.monotonic()
             if remaining <= 0:
                 raise self.header_timeout()
             conn.settimeout(remaining)
+            size = session.header_bytes_wanted if exact else self.config.read_size
             try:
-                data = conn.recv(self.config.read_size)
+                data = conn.recv(size)
             except TimeoutError:
                 raise self.header_timeout() from None
             first = self.header_received(session, data)

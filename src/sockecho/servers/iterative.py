@@ -61,6 +61,11 @@ class IterativeServer(BlockingModel):
     name = "iterative"
     summary = "one client at a time: wait, accept(), blocking recv()/sendall() until it closes"
     echo_datagrams_while_waiting = True
+    supports_faults = False
+    faults_refusal = (
+        "it serves one client at a time, so holding one echo for a timer would hold every "
+        "other client too"
+    )
 
     def serve(self) -> None:
         try:

@@ -29,20 +29,33 @@ TLS (``--tls-cert``): the handshake is driven from the loop too (each
 ``recv()`` may also say "want read" (``SSLWantReadError``), and bytes the SSL
 object already decrypted raise no readiness, so they are read at once
 (``pending()``). An orderly close sends close_notify.
+
+Faults (``--fault``): a connection with a :class:`~sockecho.core.FaultedSession`
+leaves the fast path. Each read goes into the session, only what it allows is
+sent (:meth:`ReadinessModel.faulted_step`), and when it says something is due
+later (a held chunk, the next paced piece, a delayed close) a timer is set: a heap
+of (due time, callback) whose earliest entry bounds the readiness wait's timeout
+(:meth:`ReadinessModel.call_at`). Connections without faults never touch it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
+from typing import cast
 
+from sockecho import net
 from sockecho.config import ServerConfig
-from sockecho.core import EchoSession
+from sockecho.core import EchoSession, FaultedSession
+from sockecho.faults import FaultKind
 from sockecho.servers.base import (
     ACCEPT_BACKOFF,
     EchoServer,
@@ -73,6 +86,10 @@ class ReadinessModel(EchoServer):
         self.handshakes: dict[socket.socket, PendingHandshake] = {}
         #: monotonic time before which listeners are not watched (after EMFILE and friends)
         self.accept_paused_until = 0.0
+        #: --fault's timers: (due, order, key, callback), earliest first; and each key's due
+        self._timers: list[tuple[float, int, Hashable, Callable[[], None]]] = []
+        self._timer_due: dict[Hashable, float] = {}
+        self._timer_order = itertools.count()
 
     def wake(self) -> None:
         self._waker.wake()
@@ -107,6 +124,8 @@ class ReadinessModel(EchoServer):
                 ):
                     break
                 wait_once(self.next_timeout(next_sweep, drain_until))
+                if self._timers:
+                    self.run_timers()
                 if time.monotonic() >= next_sweep:
                     self.sweep_idle()
                     next_sweep = time.monotonic() + interval
@@ -157,10 +176,12 @@ class ReadinessModel(EchoServer):
             if session is None:
                 continue
             conn.setblocking(False)
-            if self.tls_context is None:
-                self.sessions[conn] = session
+            if self.tls_context is None or session.awaiting_header:
+                self.sessions[conn] = session  # (TLS starts after the PROXY header)
                 if self.config.identify is not None and not session.awaiting_header:
                     self.start_echo(conn, session)
+                elif session.faulted:
+                    self.faulted_step(conn, cast(FaultedSession, session))  # may fire at 0 bytes
                 else:
                     self.watch_or_drop(conn, session)
             else:
@@ -180,8 +201,8 @@ class ReadinessModel(EchoServer):
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
             return
-        if session.awaiting_header:  # the preamble bypasses the fast path: nothing is echoed
-            self.read_header(conn, session)
+        if session.faulted or session.awaiting_header:  # no fast path for these
+            self.read_slowly(conn, session)
             return
         while True:
             try:
@@ -214,17 +235,26 @@ class ReadinessModel(EchoServer):
 
     def read_header(self, conn: socket.socket, session: EchoSession) -> None:
         """``--proxy-protocol``: recv() into the PROXY header parser, never echoed. Once the
-        header is complete the echo starts (:meth:`start_echo`) with what followed it. A bad
+        header is complete the echo starts (:meth:`start_echo`) with what followed it, or,
+        under TLS, the handshake (the header is read exactly, never past its end). A bad
         header raises, and :meth:`on_ready` closes this connection."""
+        tls_follows = self.tls_context is not None
+        size = session.header_bytes_wanted if tls_follows else self.config.read_size
         try:
-            data = conn.recv(self.config.read_size)
+            data = conn.recv(size)
         except TRY_AGAIN:
             return
         except OSError as exc:
             self.drop(conn, session, exc)
             return
         first = self.header_received(session, data)
-        if first is not None:
+        if first is None:
+            return
+        if tls_follows:  # the ClientHello is still in the kernel: the SSL object reads it
+            self.forget(conn)
+            del self.sessions[conn]
+            self.start_tls(conn, session)
+        else:
             self.start_echo(conn, session, first)
 
     def start_echo(self, conn: socket.socket, session: EchoSession, first: bytes = b"") -> None:
@@ -243,6 +273,9 @@ class ReadinessModel(EchoServer):
         """send() pending echo until the kernel's buffer is full; a partial send keeps the rest."""
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
+            return
+        if session.faulted:
+            self.faulted_step(conn, cast(FaultedSession, session))
             return
         try:
             while session.wants_write:
@@ -275,6 +308,8 @@ class ReadinessModel(EchoServer):
         """Close one connection and account for it (an orderly TLS end says close_notify)."""
         self.forget(conn)
         del self.sessions[conn]
+        if session.faulted:
+            self._timer_due.pop(conn, None)  # its timer, if any, finds nothing to do
         handshaking = self.handshakes.pop(conn, None) is not None
         if isinstance(conn, ssl.SSLSocket) and session.finished and not handshaking:
             send_close_notify(conn)
@@ -324,7 +359,104 @@ class ReadinessModel(EchoServer):
         until = next_sweep if drain_until is None else min(next_sweep, drain_until)
         if self.accept_paused_until:
             until = min(until, self.accept_paused_until)
+        if self._timers:
+            until = min(until, self._timers[0][0])
         return max(0.0, until - time.monotonic())
+
+    # -- faults: the slow path and its timers ---------------------------------------------------
+
+    def call_at(self, due: float, key: Hashable, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at monotonic time ``due`` (or just after), once per ``key``.
+
+        While an earlier timer of ``key`` is pending a later one is not added: the
+        earlier callback asks the session again and sets the next. An earlier one
+        supersedes a later one (left in the heap, skipped when it comes up).
+        """
+        scheduled = self._timer_due.get(key)
+        if scheduled is not None and scheduled <= due:
+            return
+        self._timer_due[key] = due
+        heapq.heappush(self._timers, (due, next(self._timer_order), key, callback))
+
+    def run_timers(self) -> None:
+        """Run every callback that is due (skipping superseded ones and closed connections)."""
+        timers, now = self._timers, time.monotonic()
+        while timers and timers[0][0] <= now:
+            due, _, key, callback = heapq.heappop(timers)
+            if self._timer_due.get(key) == due:
+                del self._timer_due[key]
+                callback()
+
+    def read_slowly(self, conn: socket.socket, session: EchoSession) -> None:
+        """The reads that bypass the fast path: a PROXY header (the preamble: nothing is
+        echoed) or a connection with faults (they decide what goes when)."""
+        if session.awaiting_header:
+            self.read_header(conn, session)
+        else:
+            self.faulted_readable(conn, cast(FaultedSession, session))
+
+    def faulted_readable(self, conn: socket.socket, session: FaultedSession) -> None:
+        """recv() what the faults allow (read-bandwidth) into the session; then
+        :meth:`faulted_step`."""
+        size = session.read_size(self.config.read_size)
+        if size and session.wants_read:
+            try:
+                data = conn.recv(size)
+            except TRY_AGAIN:
+                pass
+            except OSError as exc:
+                self.drop(conn, session, exc)
+                return
+            else:
+                if data:
+                    session.data_received(data)
+                else:  # the client's EOF
+                    session.eof_received()
+        self.faulted_step(conn, session)
+
+    def faulted_step(self, conn: socket.socket, session: FaultedSession) -> None:
+        """Send what the faults let go now, carry out a fault that fired, close when
+        finished; else wait for readiness (:meth:`watch`) and for the next due time."""
+        try:
+            while True:
+                with session.data_to_send() as view:  # released before data_sent() moves it
+                    wanted = len(view)
+                    sent = conn.send(view) if wanted else 0
+                session.data_sent(sent)
+                if sent < wanted or not wanted:
+                    break  # all that may go now went, or the kernel is full (writable later)
+        except TRY_AGAIN:
+            pass
+        except OSError as exc:
+            self.drop(conn, session, exc)
+            return
+        fired = session.fired()
+        if fired is not None:
+            self.fault_fired(session, fired)
+            if fired is FaultKind.RESET_AFTER:
+                net.reset_on_close(conn)
+                self.drop(conn, session)
+                return
+            if fired is FaultKind.LIMIT_DATA:
+                with contextlib.suppress(OSError):  # the FIN; input is now read and discarded
+                    conn.shutdown(socket.SHUT_WR)
+        if session.finished:
+            if session.close_delayed:
+                self.fault_fired(session, FaultKind.SLOW_CLOSE)
+            self.drop(conn, session)
+            return
+        due = session.due()
+        if due is not None:
+            self.call_at(due, conn, partial(self._faulted_timer, conn))
+        self.watch_or_drop(conn, session)
+
+    def _faulted_timer(self, conn: socket.socket) -> None:
+        session = self.sessions.get(conn)
+        if session is not None:
+            self.faulted_step(conn, cast(FaultedSession, session))
+
+    def datagram_held(self, sock: socket.socket, due: float) -> None:
+        self.call_at(due, sock, partial(self.release_held_datagram, sock))
 
     # -- TLS handshakes -----------------------------------------------------------------------
 

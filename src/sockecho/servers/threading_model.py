@@ -48,6 +48,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+import time
 
 from sockecho.config import ServerConfig
 from sockecho.core import EchoSession
@@ -122,12 +123,16 @@ class ThreadingServer(BlockingModel):
                 waiting.register(sock, selectors.EVENT_READ)
             waiting.register(self._datagram_waker.reader, selectors.EVENT_READ)
             while self._serving and not self.stopping:
-                for key, _events in waiting.select():
+                held = [held.due for held in self.held_datagrams.values()]  # --fault reorder
+                timeout = max(0.0, min(held) - time.monotonic()) if held else None
+                for key, _events in waiting.select(timeout):
                     if key.fileobj is self._datagram_waker.reader:
                         self._datagram_waker.drain()
                     else:
                         assert isinstance(key.fileobj, socket.socket)
                         self.echo_datagrams(key.fileobj)
+                for sock in list(self.held_datagrams):
+                    self.release_held_datagram(sock)
 
     def _start_thread(self, conn: socket.socket, session: EchoSession) -> None:
         worker = threading.Thread(
