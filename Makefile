@@ -3,24 +3,38 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
-# Debian packages the interop tests talk to (real third-party peers).
-TEST_DEBS = socat ncat gcc haproxy
+# Debian packages the interop tests talk to (real third-party peers), and the tools the
+# tutorials and lab sheets run (strace; ss and ip from iproute2).
+TEST_DEBS = socat ncat gcc haproxy strace iproute2
 LINT_DIRS = $(wildcard src tests benchmarks examples)
 
-.PHONY: run test lint typecheck unit test-deps bench clean catalogs
 
-$(STAMP): pyproject.toml
+.PHONY: run dev test lint typecheck unit test-deps bench clean catalogs
+
+# Two installs: `make run` needs only what sockecho needs to run (RUN_STAMP); the test tools
+# (pytest, mypy, ruff, matplotlib, uvloop...) come with `make test` (STAMP); `make dev` does both.
+RUN_STAMP = $(VENV)/.run-stamp
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-run: $(STAMP)  ## start the default server (asyncio model on 127.0.0.1:50010)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP) $(RUN_STAMP)
+
+run: $(RUN_STAMP)  ## start the default server (asyncio model on 127.0.0.1:50010)
 	$(BIN)/sockecho serve
+
+dev: $(STAMP) test-deps  ## install everything (sockecho, the test tools, the Debian peers); run nothing
 
 # Installs the Debian peers when possible (root); in CI missing tools fail the tests.
 test-deps: $(STAMP)
-	@missing=""; for tool in socat ncat gcc haproxy; do PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in socat ncat gcc haproxy strace ss; do PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing"; \

@@ -1,10 +1,9 @@
 """Ejercicio 1: cliente echo. Envía un mensaje y espera que vuelva entero.
-Exercise 1: the echo client. Sends a message and waits for all of it to come back.
 
-    python examples/echo_client.py [HOST] [PORT] [MESSAGE...]
+    python examples/echo_client.py [HOST] [PUERTO] [MENSAJE...]
 
 Socket activo: socket() -> connect() -> sendall() -> recv() ... -> close().
-Active socket: it connects to a passive one.
+Se conecta a un socket pasivo (examples/echo_server.py o sockecho serve).
 """
 
 import socket
@@ -16,15 +15,14 @@ message = (" ".join(sys.argv[3:]) or "hola").encode() + b"\n"
 
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 try:
-    s.settimeout(10)  # no esperar para siempre / never wait forever
-    s.connect((host, port))  # bloquea: el saludo TCP de tres pasos / the handshake
+    s.settimeout(10)  # ninguna espera es eterna: connect() y recv() fallan tras 10 s
+    s.connect((host, port))  # bloquea durante el saludo TCP de tres pasos
     s.sendall(message)
     # Un recv() puede traer solo una parte: repetir hasta tener todo lo enviado.
-    # One recv() may bring only part of it: repeat until everything came back.
     received = b""
     while len(received) < len(message):
         data = s.recv(1024)
-        if not data:  # el servidor cerró antes de devolver todo / closed early
+        if not data:  # el servidor cerró antes de devolver todo
             break
         received += data
     print(received.decode(errors="replace"), end="", flush=True)
@@ -35,4 +33,4 @@ except OSError as e:  # ConnectionRefusedError: no hay servidor en ese puerto
     print(f"error en el socket: {e}", file=sys.stderr)
     sys.exit(1)
 finally:
-    s.close()
+    s.close()  # el cliente cierra primero: su lado guarda TIME_WAIT, no el del servidor

@@ -80,3 +80,19 @@ def test_list_with_a_section_lists_only_that_section() -> None:
     result = run_cli("check", "--list", "--case", "tcp.close")
     ids = [line.split()[0] for line in result.stdout.decode().splitlines() if line[:3] == "  t"]
     assert ids == [case for case in CASES if case.startswith("tcp.close.")]
+
+
+def test_quiet_prints_only_failures_and_the_summary(address: tuple[str, int]) -> None:
+    host, port = address
+    result = run_cli("check", "-q", f"{host}:{port}", "--case", "tcp.bytes.all-values")
+    assert result.returncode == 0
+    lines = [line for line in result.stdout.decode().splitlines() if line]
+    assert lines[-1] == "1 cases, 1 passed, 0 failed, 0 skipped"
+    assert not any("tcp.bytes.all-values" in line for line in lines)
+
+
+def test_verbose_prints_each_requirement(address: tuple[str, int]) -> None:
+    host, port = address
+    result = run_cli("check", "-v", f"{host}:{port}", "--case", "tcp.bytes.all-values")
+    assert result.returncode == 0
+    assert f"-> {CASES['tcp.bytes.all-values'].requirement}" in result.stdout.decode()

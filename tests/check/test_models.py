@@ -5,6 +5,8 @@ UDP list); the tests below read that one report."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 import sockecho
@@ -19,15 +21,30 @@ CONCURRENCY_CASES = {"tcp.concurrency.second-client", "tcp.concurrency.stalled-r
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module", params=ALL_MODELS)
-def reports(request: pytest.FixtureRequest) -> tuple[str, CheckReport, CheckReport]:
-    model = str(request.param)
+#: Models checked at the same time: most of a run is waiting (quiet periods, the idle
+#: case), so two at once halve the module's time; more would crowd a 2-core CI machine.
+PARALLEL_RUNS = 2
+
+
+def check_model(model: str) -> tuple[CheckReport, CheckReport]:
     config = ServerConfig(model=model, port=0, drain_timeout=1.0, udp=True)
     with Server(config) as server:
         host, port = server.address
-        tcp = sockecho.check(host, port, strict=True)
-        udp = sockecho.check(host, port, udp=True)
-    return model, tcp, udp
+        return sockecho.check(host, port, strict=True), sockecho.check(host, port, udp=True)
+
+
+@pytest.fixture(scope="module")
+def all_reports() -> dict[str, tuple[CheckReport, CheckReport]]:
+    with ThreadPoolExecutor(PARALLEL_RUNS, thread_name_prefix="check-model") as pool:
+        return dict(zip(ALL_MODELS, pool.map(check_model, ALL_MODELS), strict=True))
+
+
+@pytest.fixture(params=ALL_MODELS)
+def reports(
+    request: pytest.FixtureRequest, all_reports: dict[str, tuple[CheckReport, CheckReport]]
+) -> tuple[str, CheckReport, CheckReport]:
+    model = str(request.param)
+    return (model, *all_reports[model])
 
 
 def describe(report: CheckReport) -> list[str]:
