@@ -181,6 +181,7 @@ class Background:
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
+            start_new_session=True,  # a job of its own, as bash gives it: Ctrl-C reaches all
         )
         self.output: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.ready_line = ""
@@ -212,7 +213,7 @@ class Background:
 
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self._interrupt()
         try:
             code = self.proc.wait(WAIT)
         except subprocess.TimeoutExpired:
@@ -224,6 +225,19 @@ class Background:
             if stream is not None:
                 stream.close()
         return code
+
+    def _interrupt(self) -> None:
+        """Ctrl-C for the job: ``kill -INT %N``, to every process of it.
+
+        Under strace, only the traced program gets it: strace exits with the program's
+        status, but dies of a SIGINT of its own (a terminal's Ctrl-C reaches both).
+        """
+        if not self.command.startswith("strace "):
+            os.killpg(self.proc.pid, signal.SIGINT)
+            return
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        for child in children.read_text().split():
+            os.kill(int(child), signal.SIGINT)
 
     def streams(self) -> list[Stream]:
         return [Stream(name, "\n".join(list(lines))) for name, lines in self.output.items()]
@@ -264,7 +278,7 @@ def run_block(block: Block, env: dict[str, str], timeout: float = WAIT) -> None:
     try:
         for command in block.commands:
             text = command.text
-            if re.search(r"sockecho (serve|send|bench|ping|check)|examples/", text):
+            if re.search(r"sockecho (serve|send|bench|ping|check)|examples/\w+\.py", text):
                 assert DOC_PORT in text, f"{block}: {text!r} must name port {DOC_PORT}"
             if command.background:
                 text = text.removesuffix(" &")

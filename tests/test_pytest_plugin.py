@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sockecho import MODELS
-from tests.conftest import WAIT
+from tests.conftest import REPO, WAIT
 
 pytest_plugins = ["pytester"]
 
@@ -209,3 +209,12 @@ def test_the_factory_takes_the_options_of_server(pytester: pytest.Pytester) -> N
     )
     result = pytester.runpytest_inprocess()
     result.assert_outcomes(passed=4)
+
+
+def test_the_complete_example_in_the_docs_passes(pytester: pytest.Pytester) -> None:
+    text = (REPO / "docs" / "pytest.md").read_text()
+    section = text.split("## A complete example", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(test_flaky_network=example)
+    result = pytester.runpytest_inprocess()
+    result.assert_outcomes(passed=example.count("\ndef test_"))

@@ -305,7 +305,13 @@ class EchoServer(abc.ABC):
         else:
             self.opened(session)
         if plan is not None:
-            log.debug("faults on %s: %s", session.peer, " ".join(map(str, plan.faults)))
+            specs = " ".join(map(str, plan.faults))
+            log.debug(
+                "faults on %s: %s",
+                session.peer,
+                specs,
+                extra=logs.event("fault", kind="plan", peer=session.peer, faults=specs),
+            )
             for kind in plan.kinds:
                 if kind in SHAPING_FAULTS:
                     self.stats.fault(kind)
@@ -320,7 +326,12 @@ class EchoServer(abc.ABC):
             FaultKind.SLOW_CLOSE: "closing late",
         }[kind]
         log.debug(
-            "fault %s on %s: %s after %d bytes", kind.value, session.peer, what, session.bytes_sent
+            "fault %s on %s: %s after %d bytes",
+            kind.value,
+            session.peer,
+            what,
+            session.bytes_sent,
+            extra=logs.event("fault", kind=kind.value, peer=session.peer, bytes=session.bytes_sent),
         )
         self.stats.fault(kind)
 
@@ -541,7 +552,13 @@ class EchoServer(abc.ABC):
             self.stats.fault(kind)
         if fate.kinds:
             kinds = "+".join(kind.value for kind in fate.kinds)
-            log.debug("fault %s on a datagram from %s", kinds, net.format_sockaddr(addr))
+            peer = net.format_sockaddr(addr)
+            log.debug(
+                "fault %s on a datagram from %s",
+                kinds,
+                peer,
+                extra=logs.event("fault", kind=kinds, peer=peer),
+            )
 
     def datagram_held(self, sock: socket.socket, due: float) -> None:  # noqa: B027 - a hook
         """A reordered echo waits on ``sock``: call :meth:`release_held_datagram` at ``due``
@@ -550,9 +567,13 @@ class EchoServer(abc.ABC):
     def release_held_datagram(self, sock: socket.socket) -> None:
         """Send the echo held back on ``sock`` if it is due (no echo overtook it in time)."""
         held = self.held_datagrams.get(sock)
-        if held is not None and held.due <= time.monotonic():
-            del self.held_datagrams[sock]
-            self.send_datagram(sock, held.payload, held.addr, held.copies)
+        if held is None:
+            return
+        if held.due > time.monotonic():  # a later echo was held since that timer was set
+            self.datagram_held(sock, held.due)
+            return
+        del self.held_datagrams[sock]
+        self.send_datagram(sock, held.payload, held.addr, held.copies)
 
     def send_datagram(
         self, sock: socket.socket, payload: bytes, addr: net.SockAddr, copies: int = 1

@@ -113,6 +113,7 @@ class ReadinessModel(EchoServer):
             self.config.proxy_header_timeout if self.config.proxy_protocol else 0,
         )
         next_sweep = time.monotonic() + interval
+        timed = bool(self.faults.faults)  # only --fault sets timers: one local test otherwise
         drain_until: float | None = None
         try:
             while True:
@@ -124,7 +125,7 @@ class ReadinessModel(EchoServer):
                 ):
                     break
                 wait_once(self.next_timeout(next_sweep, drain_until))
-                if self._timers:
+                if timed and self._timers:
                     self.run_timers()
                 if time.monotonic() >= next_sweep:
                     self.sweep_idle()
@@ -201,7 +202,7 @@ class ReadinessModel(EchoServer):
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
             return
-        if session.faulted or session.awaiting_header:  # no fast path for these
+        if session.bypass:  # no fast path: a PROXY header to read, or faults
             self.read_slowly(conn, session)
             return
         while True:
