@@ -17,7 +17,7 @@ The convention (stated at the top of each tutorial and lab sheet):
 * The lines under a command are its output, checked after normalising: digits
   become ``N`` (descriptors, ports, times), runs of spaces one space, and the
   ``-> port N (port 0: the kernel chose)`` that port 0 adds to ``bind`` is
-  dropped. ``...`` inside a line matches any text.
+  dropped (in Spanish too). ``...`` inside a line matches any text.
 * A listing is the output, not a selection of it: shown lines that follow each
   other in one stream (stdout or stderr of the command, or of a background
   process, which writes to the same terminal) must follow each other there. A
@@ -116,6 +116,7 @@ def console_blocks(path: Path) -> list[Block]:
 
 def normalise(line: str) -> str:
     line = re.sub(r" -> port \d+ \(port 0: the kernel chose\)", "", line)
+    line = re.sub(r" -> puerto \d+ \(puerto 0: lo eligió el kernel\)", "", line)
     line = re.sub(r"\d+", "N", line)
     return re.sub(r"\s+", " ", line).strip()
 
