@@ -67,6 +67,8 @@ class Scenario:
     size: int
 
 
+#: The load of the workers table: enough connections that the kernel's hash spreads them.
+WORKERS_SCENARIO = Scenario("100x1KiB", 100, 1024)
 SCENARIOS = [
     Scenario("50x1KiB", 50, 1024),
     Scenario("1x64B", 1, 64),
@@ -190,8 +192,11 @@ def servers(models: list[str]) -> list[ServerProcess]:
     return chosen
 
 
-def run_client(port: int, scenario: Scenario, duration: float) -> dict[str, Any]:
-    argv = [str(BUILD / "echo_client"), str(port), str(scenario.connections)]
+def run_client(
+    port: int, scenario: Scenario, duration: float, prefix: list[str] | None = None
+) -> dict[str, Any]:
+    """The C client against ``port``; ``prefix`` runs it under a command (taskset)."""
+    argv = [*(prefix or []), str(BUILD / "echo_client"), str(port), str(scenario.connections)]
     argv += [str(scenario.size), f"{duration:g}"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
@@ -291,6 +296,82 @@ def generator_check(c_server: ServerProcess, duration: float, repetitions: int) 
         },
         "saturated_processes": saturated,
     }
+
+
+def pinning(workers: int) -> tuple[list[str], list[str], str]:
+    """taskset prefixes (server, client) keeping them on separate CPUs when there are enough:
+    the last ``workers`` CPUs for the server, the rest for the client; else none."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if shutil.which("taskset") is None or len(cpus) <= workers:
+        return [], [], f"none ({len(cpus)} CPUs: server and client share them)"
+    server, client = cpus[-workers:], cpus[:-workers]
+
+    def listed(group: list[int]) -> str:
+        return ",".join(str(cpu) for cpu in group)
+
+    return (
+        ["taskset", "-c", listed(server)],
+        ["taskset", "-c", listed(client)],
+        f"server on CPU {listed(server)}, client on CPU {listed(client)}",
+    )
+
+
+def workers_check(
+    counts: list[int], model: str, duration: float, warmup: float, repetitions: int
+) -> dict[str, Any]:
+    """``sockecho serve --workers N`` for each N, loaded by the C client (WORKERS_SCENARIO),
+    pinned apart where the CPUs allow; interleaved repetitions, the best rate of each."""
+    scenario = WORKERS_SCENARIO
+    python = sys.executable
+    rows: dict[int, dict[str, Any]] = {}
+    plans = {count: pinning(count) for count in counts}
+    for _ in range(repetitions):
+        for count in counts:
+            server_prefix, client_prefix, plan = plans[count]
+            argv = [*server_prefix, python, "-m", "sockecho", "serve", "--model", model]
+            argv += ["--port", "0", "-q", "--workers", str(count)]
+            server = ServerProcess(f"{model} --workers {count}", argv, "sockecho")
+            with running([server]):
+                run_client(server.port, scenario, warmup, client_prefix)
+                before = server.cpu_seconds()
+                result = run_client(server.port, scenario, duration, client_prefix)
+                cpu = server.cpu_seconds() - before
+            rts = result["round_trips"]
+            rate = rts / result["elapsed_s"] if rts else 0.0
+            print(
+                f"workers {count}: {rate:,.0f}/s, errors {result['errors']} ({plan})",
+                file=sys.stderr,
+                flush=True,
+            )
+            if count not in rows or rate > rows[count]["rate"]:
+                rows[count] = {
+                    "workers": count,
+                    "pinning": plan,
+                    "rate": round(rate, 1),
+                    "cpu_us_per_rt": round(cpu / rts * 1e6, 3) if rts else None,
+                    "errors": result["errors"],
+                }
+    return {"model": model, "scenario": scenario.name, "rows": [rows[c] for c in counts]}
+
+
+def workers_markdown(workers: dict[str, Any]) -> list[str]:
+    rows = workers["rows"]
+    base = rows[0]["rate"] if rows else 0.0
+    lines = [
+        f"#### Workers (`sockecho serve --model {workers['model']} --workers N`, "
+        f"{workers['scenario']}, C client)",
+        "",
+        "| workers | pinning | round trips/s | vs 1 worker | server CPU µs / round trip | errors |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        scale = f"{row['rate'] / base:.2f}x" if base else "-"
+        lines.append(
+            f"| {row['workers']} | {row['pinning']} | {row['rate']:,.0f} | {scale} | "
+            f"{row['cpu_us_per_rt']} | {row['errors']} |"
+        )
+    lines.append("")
+    return lines
 
 
 def raise_fd_limit() -> None:
@@ -429,6 +510,8 @@ def markdown(report: dict[str, Any]) -> str:
         for name, kib in report["idle_kib_per_connection"].items():
             lines.append(f"| {name} | {kib} |")
         lines.append("")
+    if report.get("workers"):
+        lines += workers_markdown(report["workers"])
     if report.get("generator"):
         gen = report["generator"]
         lines += [
@@ -538,8 +621,19 @@ def main(argv: list[str] | None = None) -> int:
         help="do not rewrite docs/PERFORMANCE.md (a full run does; --quick and runs limited by "
         "--models or --scenarios never do)",
     )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="comma-separated worker counts for the workers table ('' skips it; --quick "
+        "skips it unless given)",
+    )
+    parser.add_argument("--workers-model", default="selectors", help="model of the workers table")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
+    given = argv if argv is not None else sys.argv[1:]
+    worker_counts = [int(n) for n in args.workers.split(",") if n]
+    if args.quick and not any(arg.startswith("--workers") for arg in given):
+        worker_counts = []
     repetitions = args.repetitions or (1 if args.quick else 3)
     duration = args.duration or (0.3 if args.quick else 2.0)
     warmup = args.warmup if args.warmup is not None else (0.1 if args.quick else 0.5)
@@ -590,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_generator:
             c_server = next(server for server in chosen if server.name == "C epoll")
             report["generator"] = generator_check(c_server, duration, repetitions)
+    if worker_counts:
+        report["workers"] = workers_check(
+            worker_counts, args.workers_model, duration, warmup, repetitions
+        )
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["load_after"] = round(os.getloadavg()[0], 2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -618,6 +716,7 @@ def argv_is_full_run(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         and args.scenarios == parser.get_default("scenarios")
         and not args.no_idle
         and not args.no_generator
+        and args.workers == parser.get_default("workers")
     )
 
 

@@ -17,7 +17,7 @@ The convention (stated at the top of each tutorial and lab sheet):
 * The lines under a command are its output, checked after normalising: digits
   become ``N`` (descriptors, ports, times), runs of spaces one space, and the
   ``-> port N (port 0: the kernel chose)`` that port 0 adds to ``bind`` is
-  dropped. ``...`` inside a line matches any text.
+  dropped (in Spanish too). ``...`` inside a line matches any text.
 * A listing is the output, not a selection of it: shown lines that follow each
   other in one stream (stdout or stderr of the command, or of a background
   process, which writes to the same terminal) must follow each other there. A
@@ -116,6 +116,7 @@ def console_blocks(path: Path) -> list[Block]:
 
 def normalise(line: str) -> str:
     line = re.sub(r" -> port \d+ \(port 0: the kernel chose\)", "", line)
+    line = re.sub(r" -> puerto \d+ \(puerto 0: lo eligió el kernel\)", "", line)
     line = re.sub(r"\d+", "N", line)
     return re.sub(r"\s+", " ", line).strip()
 
@@ -180,6 +181,7 @@ class Background:
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
+            start_new_session=True,  # a job of its own, as bash gives it: Ctrl-C reaches all
         )
         self.output: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.ready_line = ""
@@ -211,7 +213,7 @@ class Background:
 
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self._interrupt()
         try:
             code = self.proc.wait(WAIT)
         except subprocess.TimeoutExpired:
@@ -223,6 +225,19 @@ class Background:
             if stream is not None:
                 stream.close()
         return code
+
+    def _interrupt(self) -> None:
+        """Ctrl-C for the job: ``kill -INT %N``, to every process of it.
+
+        Under strace, only the traced program gets it: strace exits with the program's
+        status, but dies of a SIGINT of its own (a terminal's Ctrl-C reaches both).
+        """
+        if not self.command.startswith("strace "):
+            os.killpg(self.proc.pid, signal.SIGINT)
+            return
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        for child in children.read_text().split():
+            os.kill(int(child), signal.SIGINT)
 
     def streams(self) -> list[Stream]:
         return [Stream(name, "\n".join(list(lines))) for name, lines in self.output.items()]
@@ -263,7 +278,7 @@ def run_block(block: Block, env: dict[str, str], timeout: float = WAIT) -> None:
     try:
         for command in block.commands:
             text = command.text
-            if re.search(r"sockecho (serve|send|bench|ping|check)|examples/", text):
+            if re.search(r"sockecho (serve|send|bench|ping|check)|examples/\w+\.py", text):
                 assert DOC_PORT in text, f"{block}: {text!r} must name port {DOC_PORT}"
             if command.background:
                 text = text.removesuffix(" &")

@@ -1,8 +1,9 @@
 """sockecho behind a real haproxy (TCP mode, PROXY protocol), started by the tests themselves.
 
 Two ``sockecho serve --proxy-protocol any --identify a|b`` processes behind one haproxy
-with ``balance roundrobin``, ``send-proxy-v2`` (or ``send-proxy``: v1), and health checks
-that speak the PROXY protocol too (``check-send-proxy``: v2 checks say ``LOCAL``). Every
+with ``balance roundrobin``, ``send-proxy-v2`` (or ``send-proxy``: v1; or v2 then TLS to the
+instances, ``ssl``), and health checks that speak the PROXY protocol too
+(``check-send-proxy``: v2 checks say ``LOCAL``). Every
 socket is on 127.0.0.1 with a free port; the clients connect from 127.0.0.2, so "the
 instance saw the real client" is an address, not just a port. haproxy's view of its
 servers is read from its stats socket (``show stat``) in a bounded poll, never a sleep.
@@ -27,6 +28,7 @@ import pytest
 from sockecho.bench import BenchSpec, run_bench
 from sockecho.identity import read_identity
 from tests.conftest import WAIT, ServeProcess, recv_exactly, report_child_output, require_tool
+from tests.servers.test_tls import Certificates, certs  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -114,17 +116,35 @@ backend echoes
 """
 
 
-@pytest.fixture(params=["send-proxy-v2", "send-proxy"], ids=["v2", "v1"])
+#: haproxy's options on each server line: the PROXY version, and TLS to the instances
+#: (the header first, in clear, then the handshake; the checks too).
+SERVER_OPTIONS = {
+    "v2": "send-proxy-v2",
+    "v1": "send-proxy",
+    "v2-tls": "send-proxy-v2 ssl verify none check-ssl",
+}
+
+
+@pytest.fixture(params=list(SERVER_OPTIONS))
 def send_proxy(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    return SERVER_OPTIONS[request.param]
 
 
 @pytest.fixture
-def instances(request: pytest.FixtureRequest) -> Iterator[dict[str, ServeProcess]]:
+def instances(
+    request: pytest.FixtureRequest,
+    send_proxy: str,
+    certs: Certificates,  # noqa: F811
+) -> Iterator[dict[str, ServeProcess]]:
     started: dict[str, ServeProcess] = {}
+    tls = (
+        ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)] if " ssl" in send_proxy else []
+    )
     try:
         for name in ("a", "b"):
-            serve = ServeProcess("--port", "0", "--proxy-protocol", "any", "--identify", name)
+            serve = ServeProcess(
+                "--port", "0", "--proxy-protocol", "any", "--identify", name, *tls
+            )  # fmt: skip
             started[name] = serve
             report_child_output(request, f"sockecho {name}", serve.logged_lines)
             assert serve.endpoints, serve.logged_lines()
@@ -206,7 +226,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
 
 
 def test_clients_through_haproxy_get_exact_echoes_and_instances_log_their_real_address(
-    haproxy: Haproxy, instances: dict[str, ServeProcess]
+    haproxy: Haproxy, instances: dict[str, ServeProcess], send_proxy: str
 ) -> None:
     served: dict[str, list[int]] = {"a": [], "b": []}
     for k in range(6):
@@ -217,6 +237,8 @@ def test_clients_through_haproxy_get_exact_echoes_and_instances_log_their_real_a
         assert isinstance(proxy, dict)
         assert proxy["source"] == f"{CLIENT_HOST}:{client_port}"
         served[str(identity["instance"])].append(client_port)
+        tls = identity["tls"]
+        assert (tls is not None) == (" ssl" in send_proxy)  # haproxy spoke TLS to the instance
     assert len(served["a"]) == len(served["b"]) == 3  # roundrobin
     for name, ports in served.items():
         for client_port in ports:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sockecho import MODELS
-from tests.conftest import WAIT
+from tests.conftest import REPO, WAIT
 
 pytest_plugins = ["pytester"]
 
@@ -47,6 +47,7 @@ def test_a_suite_using_echo_server_passes(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2)
 
 
+@pytest.mark.timeout(120)
 def test_the_plugin_loads_from_its_entry_point_without_importing_sockecho(
     pytester: pytest.Pytester,
 ) -> None:
@@ -61,7 +62,8 @@ def test_the_plugin_loads_from_its_entry_point_without_importing_sockecho(
             assert echo_server.url.startswith("tcp://127.0.0.1:")
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=WAIT)
+    # a fresh interpreter loading pytest and its plugins: seconds on a busy machine
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3 * WAIT)
     result.assert_outcomes(passed=2)
 
 
@@ -209,3 +211,12 @@ def test_the_factory_takes_the_options_of_server(pytester: pytest.Pytester) -> N
     )
     result = pytester.runpytest_inprocess()
     result.assert_outcomes(passed=4)
+
+
+def test_the_complete_example_in_the_docs_passes(pytester: pytest.Pytester) -> None:
+    text = (REPO / "docs" / "pytest.md").read_text()
+    section = text.split("## A complete example", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(test_flaky_network=example)
+    result = pytester.runpytest_inprocess()
+    result.assert_outcomes(passed=example.count("\ndef test_"))

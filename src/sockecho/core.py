@@ -93,6 +93,7 @@ class EchoSession:
         "_reading",
         "admitted",
         "awaiting_header",
+        "bypass",
         "bytes_received",
         "bytes_sent",
         "header_deadline",
@@ -131,6 +132,9 @@ class EchoSession:
         #: Whether the PROXY header is still to be read (a plain attribute: the readiness
         #: models test it on every read, so it costs what a field costs, not a call).
         self.awaiting_header = False
+        #: Whether a model must not take its fast path (send straight from recv()): a PROXY
+        #: header still to read, or faults. One field, so the fast path tests one thing.
+        self.bypass = self.faulted
         self._preface = 0  # bytes at the front of the output that are not echo (identity)
         self.header_deadline = 0.0
         self.proxy_header: ProxyHeader | None = None
@@ -197,7 +201,8 @@ class EchoSession:
     @property
     def wants_write(self) -> bool:
         """Whether there is echo waiting to be written."""
-        return self.pending > 0 and self.state is not SessionState.CLOSED
+        # (pending, inlined: the readiness models ask this on every read)
+        return len(self._out) > self._out_start and self.state is not SessionState.CLOSED
 
     @property
     def finished(self) -> bool:
@@ -249,7 +254,7 @@ class EchoSession:
         timer closes the connection then (:meth:`header_overdue`).
         """
         self._preamble = ProxyHeaderParser(versions)
-        self.awaiting_header = True
+        self.awaiting_header = self.bypass = True
         self.header_deadline = self._clock() + timeout
 
     def header_received(self, data: bytes | bytearray | memoryview) -> bytes | None:
@@ -271,6 +276,7 @@ class EchoSession:
             return None
         self._preamble = None
         self.awaiting_header = False
+        self.bypass = self.faulted
         self.proxy_header = outcome.header
         return outcome.rest
 

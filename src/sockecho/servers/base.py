@@ -90,6 +90,7 @@ from sockecho.faults import (
     DatagramFaults,
     FaultKind,
 )
+from sockecho.i18n import N_, _, decimal
 from sockecho.identity import IDENTIFY_REQUEST, identity_line, identity_object
 from sockecho.proxy_protocol import ProxyVersions
 
@@ -304,7 +305,13 @@ class EchoServer(abc.ABC):
         else:
             self.opened(session)
         if plan is not None:
-            log.debug("faults on %s: %s", session.peer, " ".join(map(str, plan.faults)))
+            specs = " ".join(map(str, plan.faults))
+            log.debug(
+                "faults on %s: %s",
+                session.peer,
+                specs,
+                extra=logs.event("fault", kind="plan", peer=session.peer, faults=specs),
+            )
             for kind in plan.kinds:
                 if kind in SHAPING_FAULTS:
                     self.stats.fault(kind)
@@ -319,7 +326,12 @@ class EchoServer(abc.ABC):
             FaultKind.SLOW_CLOSE: "closing late",
         }[kind]
         log.debug(
-            "fault %s on %s: %s after %d bytes", kind.value, session.peer, what, session.bytes_sent
+            "fault %s on %s: %s after %d bytes",
+            kind.value,
+            session.peer,
+            what,
+            session.bytes_sent,
+            extra=logs.event("fault", kind=kind.value, peer=session.peer, bytes=session.bytes_sent),
         )
         self.stats.fault(kind)
 
@@ -337,10 +349,10 @@ class EchoServer(abc.ABC):
         folded = self._rejections.note()
         if folded:
             log.warning(
-                "rejected %d connection(s): limit reached (%d connections, %s per source)",
+                _("rejected %d connection(s): limit reached (%d connections, %s per source)"),
                 folded,
                 self.gate.max_connections,
-                self.gate.max_per_source or "no limit",
+                self.gate.max_per_source or _("no limit"),
                 extra=logs.event("rejected", peer=peer, reason=refusal.value, count=folded),
             )
         self.stats.rejected(per_source=refusal is Refusal.SOURCE)  # after the log line
@@ -348,9 +360,9 @@ class EchoServer(abc.ABC):
     def opened(self, session: EchoSession) -> None:
         """Log and count ``session`` as open (at accept, or once its PROXY header is read)."""
         session.admitted = True
-        via = f" via {session.via}" if session.via else ""
+        via = _(" via %s") % session.via if session.via else ""
         log.info(
-            "open %s%s",
+            _("open %s%s"),
             session.peer,
             via,
             extra=logs.event("open", peer=session.peer, via=session.via or None),
@@ -426,16 +438,16 @@ class EchoServer(abc.ABC):
             return
         # A client that speaks something other than TLS to a TLS port is its own problem.
         unexpected = error is not None and not isinstance(error, (*PEER_GONE, ssl.SSLError))
-        reason = "idle timeout" if idle else "closed"
+        reason = N_("idle timeout") if idle else "closed"
         if error is not None:
             reason = describe_error(error)
         log.log(
             logging.WARNING if unexpected else logging.INFO,
-            "close %s: echoed %d bytes in %.3f s%s",
+            _("close %s: echoed %d bytes in %s s%s"),
             session.peer,
             session.bytes_sent,
-            session.duration(),
-            "" if reason == "closed" else f" ({reason})",
+            decimal(f"{session.duration():.3f}"),
+            "" if reason == "closed" else f" ({_(reason)})",
             extra=logs.event(
                 "close",
                 peer=session.peer,
@@ -493,7 +505,7 @@ class EchoServer(abc.ABC):
         Each is read whole (a 65535-byte buffer: nothing is cut short) and sent
         back to its source when :class:`~sockecho.core.DatagramPolicy` allows it.
         """
-        for _ in range(DATAGRAM_BATCH):
+        for _datagram in range(DATAGRAM_BATCH):
             try:
                 data, addr = sock.recvfrom(net.DATAGRAM_BUFFER)
             except BlockingIOError:
@@ -540,7 +552,13 @@ class EchoServer(abc.ABC):
             self.stats.fault(kind)
         if fate.kinds:
             kinds = "+".join(kind.value for kind in fate.kinds)
-            log.debug("fault %s on a datagram from %s", kinds, net.format_sockaddr(addr))
+            peer = net.format_sockaddr(addr)
+            log.debug(
+                "fault %s on a datagram from %s",
+                kinds,
+                peer,
+                extra=logs.event("fault", kind=kinds, peer=peer),
+            )
 
     def datagram_held(self, sock: socket.socket, due: float) -> None:  # noqa: B027 - a hook
         """A reordered echo waits on ``sock``: call :meth:`release_held_datagram` at ``due``
@@ -549,16 +567,20 @@ class EchoServer(abc.ABC):
     def release_held_datagram(self, sock: socket.socket) -> None:
         """Send the echo held back on ``sock`` if it is due (no echo overtook it in time)."""
         held = self.held_datagrams.get(sock)
-        if held is not None and held.due <= time.monotonic():
-            del self.held_datagrams[sock]
-            self.send_datagram(sock, held.payload, held.addr, held.copies)
+        if held is None:
+            return
+        if held.due > time.monotonic():  # a later echo was held since that timer was set
+            self.datagram_held(sock, held.due)
+            return
+        del self.held_datagrams[sock]
+        self.send_datagram(sock, held.payload, held.addr, held.copies)
 
     def send_datagram(
         self, sock: socket.socket, payload: bytes, addr: net.SockAddr, copies: int = 1
     ) -> None:
         """sendto() ``copies`` times and count one echo (UDP may drop: errors are counted)."""
         try:
-            for _ in range(copies):
+            for _copy in range(copies):
                 sock.sendto(payload, addr)
         except OSError as exc:
             self.datagram_echoed(len(payload), exc)

@@ -113,6 +113,7 @@ class ReadinessModel(EchoServer):
             self.config.proxy_header_timeout if self.config.proxy_protocol else 0,
         )
         next_sweep = time.monotonic() + interval
+        timed = bool(self.faults.faults)  # only --fault sets timers: one local test otherwise
         drain_until: float | None = None
         try:
             while True:
@@ -124,7 +125,7 @@ class ReadinessModel(EchoServer):
                 ):
                     break
                 wait_once(self.next_timeout(next_sweep, drain_until))
-                if self._timers:
+                if timed and self._timers:
                     self.run_timers()
                 if time.monotonic() >= next_sweep:
                     self.sweep_idle()
@@ -135,8 +136,9 @@ class ReadinessModel(EchoServer):
             self.close_listeners()
             self._waker.close()
 
-    def on_ready(self, sock: socket.socket, readable: bool, writable: bool) -> None:
-        """Dispatch one ready socket: a connection, a listener, a UDP socket or the waker."""
+    def on_ready(self, sock: socket.socket, readable: int, writable: int) -> None:
+        """Dispatch one ready socket: a connection, a listener, a UDP socket or the waker.
+        ``readable``/``writable``: true (nonzero) when the wait reported that event."""
         session = self.sessions.get(sock)
         if session is not None:
             try:
@@ -201,7 +203,7 @@ class ReadinessModel(EchoServer):
         if conn in self.handshakes:
             self.continue_handshake(conn, session)
             return
-        if session.faulted or session.awaiting_header:  # no fast path for these
+        if session.bypass:  # no fast path: a PROXY header to read, or faults
             self.read_slowly(conn, session)
             return
         while True:
@@ -222,7 +224,8 @@ class ReadinessModel(EchoServer):
                     return
                 session.echoed(sent)
                 if sent == len(data):
-                    if session.wants_read and tls_buffered(conn):
+                    # Only TLS can hold bytes no readiness announces: plain TCP asks nothing.
+                    if self.tls_context is not None and session.wants_read and tls_buffered(conn):
                         continue
                     return
                 data = data[sent:]  # the kernel took part: 5. the session keeps the rest
