@@ -8,7 +8,8 @@ STAMP   = $(VENV)/.installed-stamp
 TEST_DEBS = socat ncat gcc haproxy strace iproute2
 LINT_DIRS = $(wildcard src tests benchmarks examples)
 
-.PHONY: run dev test lint typecheck unit test-deps bench clean
+
+.PHONY: run dev test lint typecheck unit test-deps bench clean catalogs
 
 # Two installs: `make run` needs only what sockecho needs to run (RUN_STAMP); the test tools
 # (pytest, mypy, ruff, matplotlib, uvloop...) come with `make test` (STAMP); `make dev` does both.
@@ -59,6 +60,16 @@ test: test-deps lint typecheck unit  ## everything CI runs
 # Not part of `make test`: minutes of load (docs/PERFORMANCE.md). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
 	PYTHON=$(BIN)/python benchmarks/run $(BENCH_ARGS)
+
+# The message catalogs of --trace and the connection log (src/sockecho/i18n.py): extract the
+# messages into sockecho.pot, merge them into each language's .po, compile the .mo files.
+LOCALE = src/sockecho/locale
+catalogs: $(STAMP)
+	$(BIN)/pybabel extract -k N_ -k ngettext:1,2 -k counted:1,2 -k _ --no-location \
+	  -w 300 -o $(LOCALE)/sockecho.pot src/sockecho
+	$(BIN)/pybabel update -i $(LOCALE)/sockecho.pot -d $(LOCALE) -D sockecho -w 100 \
+	  --no-fuzzy-matching
+	$(BIN)/pybabel compile -d $(LOCALE) -D sockecho --statistics
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info

@@ -47,6 +47,7 @@ def test_a_suite_using_echo_server_passes(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2)
 
 
+@pytest.mark.timeout(120)
 def test_the_plugin_loads_from_its_entry_point_without_importing_sockecho(
     pytester: pytest.Pytester,
 ) -> None:
@@ -61,7 +62,8 @@ def test_the_plugin_loads_from_its_entry_point_without_importing_sockecho(
             assert echo_server.url.startswith("tcp://127.0.0.1:")
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=WAIT)
+    # a fresh interpreter loading pytest and its plugins: seconds on a busy machine
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3 * WAIT)
     result.assert_outcomes(passed=2)
 
 

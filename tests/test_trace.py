@@ -19,6 +19,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,13 +36,22 @@ from sockecho.trace import (
     traced_calls,
     traced_socket_class,
 )
-from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly, reset, run_cli
+from tests.conftest import (
+    CONCURRENT_MODELS,
+    WAIT,
+    connect,
+    recv_exactly,
+    require_tool,
+    reset,
+    run_cli,
+)
 
 #: One trace line: ``role  [thread] name(args)``, then `` ...  (why)`` or `` -> result`` or
 #: nothing; the ``[thread]`` tag is there when another thread was blocked in a call meanwhile.
 LINE = re.compile(
     r"^(?P<role>\S+)  (?:\[(?P<thread>[^\]]+)\] )?(?P<name>[\w.]+)\((?P<args>.*?)\)"
-    r"(?:(?P<waiting> \.\.\.) +\((?P<why>blocks.*)\)| +-> (?P<result>.*))?$"
+    r"(?:(?P<waiting> \.\.\.) +\((?P<why>blocks.*?)\)| +-> (?P<result>.*?))?"
+    r"(?: +\[kernel: (?P<kernel>[^\]]+)\])?$"
 )
 
 
@@ -52,6 +63,7 @@ class Call:
     result: str | None
     waiting: bool
     thread: str | None = None
+    kernel: str | None = None
 
 
 def parse(text: str) -> list[Call]:
@@ -67,6 +79,7 @@ def parse(text: str) -> list[Call]:
                 match["result"],
                 match["waiting"] is not None,
                 match["thread"],
+                match["kernel"],
             )
         )
     return calls
@@ -390,7 +403,7 @@ def test_traced_selector_narrates_interest_and_readiness() -> None:
     calls = [c for c in parse(out.getvalue()) if not c.waiting]
     epoll_fd = fd_in(calls[0].result)
     assert [(c.name, c.args, c.result) for c in calls] == [
-        ("epoll_create", "", f"fd {epoll_fd}"),
+        ("epoll_create1", "", f"fd {epoll_fd}"),
         ("epoll_ctl", f"ADD, fd {fd}, READ", None),
         ("epoll_wait", f"timeout {WAIT:.2f}", f"fd {fd} readable"),
         ("epoll_ctl", f"MOD, fd {fd}, READ|WRITE", None),
@@ -404,7 +417,7 @@ def test_epoll_descriptor_is_announced_and_closed() -> None:
     out = io.StringIO()
     TracedSelector(Tracer("server", out, color=False)).close()
     calls = parse(out.getvalue())
-    assert [c.name for c in calls] == ["epoll_create", "close"]
+    assert [c.name for c in calls] == ["epoll_create1", "close"]
     assert calls[1].args == f"fd {fd_in(calls[0].result)}"
 
 
@@ -664,3 +677,119 @@ def test_every_trace_line_is_worded_by_format_event(
     assert len(lines) == len(worded) > 10
     assert all(re.match(r"^(server|client)  (\[[^\]]+\] )?WORDED ", line) for line in lines)
     assert {"socket", "accept", "connect", "close"} <= {event.call.name for event in worded}
+
+
+class CountingTracer(Tracer):
+    """Counts the readiness waits that timed out, and says when there were enough."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeouts = 0
+        self.idle_enough = threading.Event()
+
+    def timed_out(self, call: narration.Call, wait: tuple[str, ...]) -> None:
+        super().timed_out(call, wait)
+        self.timeouts += 1
+        if self.timeouts >= 6:
+            self.idle_enough.set()
+
+
+@pytest.mark.parametrize("model", ["select", "selectors", "asyncio"])
+def test_an_idle_server_folds_its_repeated_timeouts_into_one_line(model: str) -> None:
+    out = io.StringIO()
+    tracer = CountingTracer("server", out, color=False)
+    # idle_timeout 0.2 s: the loop wakes to sweep every 0.05 s, so it times out often.
+    config = ServerConfig(model=model, port=0, idle_timeout=0.2)
+    with Server(config, calls=tracer.socket_calls()) as srv:
+        assert tracer.idle_enough.wait(WAIT)
+        with connect(srv.address) as sock:
+            sock.sendall(b"x")
+            assert recv_exactly(sock, 1) == b"x"
+    lines = out.getvalue().splitlines()
+    timeouts = [line for line in lines if "nothing ready (timeout)" in line]
+    folded = [line for line in timeouts if "more time" in line]
+    repeats = [int(m[1]) for line in folded if (m := re.search(r"(\d+) more times?", line))]
+    shown = len(timeouts) - len(folded)
+    assert folded, "\n".join(lines)
+    assert shown + sum(repeats) == tracer.timeouts, "every timeout is a line or in a count"
+    assert shown <= len(folded) + 1, "one line per idle stretch, not one per timeout"
+    waits = [line for line in lines if line.rstrip().endswith(")") and " ... " in line]
+    assert len(waits) < tracer.timeouts, "the repeated waits were announced one by one"
+
+
+#: A small lifecycle through the traced socket, run under strace (tests the kernel names).
+STRACED_SESSION = """
+import socket, sys
+from sockecho.trace import Tracer, traced_select
+tracer = Tracer("demo", sys.stderr, color=False)
+Socket = tracer.socket_class()
+server = Socket(socket.AF_INET, socket.SOCK_STREAM)
+server.bind(("127.0.0.1", 0))
+server.listen(5)
+client = Socket(socket.AF_INET, socket.SOCK_STREAM)
+client.settimeout(5.0)
+client.connect(server.getsockname())
+conn, _ = server.accept()
+client.sendall(b"hola")
+conn.recv(100)
+conn.setblocking(False)
+conn.send(b"hola")
+client.recv(100)
+traced_select(tracer)([conn], [], [], 0.05)
+client.shutdown(socket.SHUT_WR)
+"""
+#: The system calls strace is asked to show (close and memory calls are left out).
+STRACED = "network,ioctl,poll,pselect6,epoll_wait,epoll_create1,epoll_ctl"
+
+
+def kernel_names(trace_line: str) -> list[str]:
+    """The system calls a trace line says were made: its ``[kernel: ...]`` or its own name."""
+    match = re.search(r"\[kernel: ([^\]]+)\]", trace_line)
+    named = match[1].split(" + ") if match else [trace_line.split()[1].split("(", maxsplit=1)[0]]
+    return [re.match(r"[a-z_0-9]+", name)[0] for name in named]  # type: ignore[index]
+
+
+def test_the_kernel_calls_named_by_the_trace_are_the_ones_strace_sees(tmp_path: Path) -> None:
+    strace = require_tool("strace")
+    log_file = tmp_path / "strace.log"
+    done = subprocess.run(
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-e",
+            f"trace={STRACED}",
+            "-o",
+            str(log_file),
+            sys.executable,
+            "-c",
+            STRACED_SESSION,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    narrated: list[str] = []
+    announced: set[str] = set()  # calls whose waiting line named them: their result does not
+    for line in done.stderr.splitlines():
+        call = re.match(r"demo\s+(\S.*?\))", line)
+        if call is None:
+            continue
+        if " ... " in line:
+            announced.add(call[1])
+        elif call[1] in announced:
+            announced.discard(call[1])
+            continue
+        narrated += [name for name in kernel_names(line) if name != "close"]
+    seen = [
+        m[1]
+        for line in log_file.read_text().splitlines()
+        if (m := re.match(r"\d+\s+(\w+)\(", line)) and "resumed" not in line
+    ]
+    assert {"accept4", "recvfrom", "sendto", "ioctl", "poll", "pselect6"} <= set(narrated)
+    position = 0
+    for name in narrated:  # every call the trace names, in the order strace saw them
+        assert name in seen[position:], f"{name} after {seen[:position][-5:]}; strace: {seen}"
+        position = seen.index(name, position) + 1

@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from sockecho.config import DEFAULT_HOST, DEFAULT_PORT, MAX_BACKLOG, MAX_SECONDS
+from sockecho.i18n import LANGUAGES
 
 if TYPE_CHECKING:
     from sockecho.trace import Tracer
@@ -96,10 +97,18 @@ def add_address_arguments(parser: argparse.ArgumentParser, *, listening: bool = 
 
 
 def add_trace_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trace`` and the language it (and the connection log) speaks, ``--lang``."""
     parser.add_argument(
         "--trace",
         action="store_true",
-        help="narrate every socket call (arguments, result, errno) on stderr",
+        help="narrate each socket API call (arguments, result, errno, and the kernel calls "
+        "behind it) on stderr",
+    )
+    parser.add_argument(
+        "--lang",
+        choices=LANGUAGES,
+        help="language of --trace and of the connection log (default: from LANGUAGE, "
+        "LC_ALL, LC_MESSAGES or LANG; English otherwise); the ready line is never translated",
     )
 
 

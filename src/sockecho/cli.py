@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from sockecho import __version__, bench, client, faults, logs, ping, tls, workers
+from sockecho import __version__, bench, client, faults, i18n, logs, ping, tls, workers
 from sockecho.arguments import (
     ExitCode,
     add_address_arguments,
@@ -50,6 +50,7 @@ from sockecho.config import (
 )
 from sockecho.core import StatsSnapshot
 from sockecho.errors import ConfigError, OutputError, SockechoError
+from sockecho.i18n import _, ngettext
 from sockecho.logs import LOG_FORMATS
 from sockecho.server import Server
 from sockecho.servers import DEFAULT_MODEL, MODELS
@@ -460,7 +461,7 @@ def run_serve(args: argparse.Namespace) -> int:
         threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
         while (received := stop_signals.wait()) is not None:
             name = signal.Signals(received).name
-            log.info("%s: stopping", name, extra=logs.event("stopping", signal=name))
+            log.info(_("%s: stopping"), name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
     snapshot = server.snapshot()
@@ -470,28 +471,34 @@ def run_serve(args: argparse.Namespace) -> int:
         "rejected": snapshot.connections_rejected,
         "datagrams": snapshot.datagrams_echoed,
     }
-    log.info("stopped: %s", summarize(snapshot), extra=logs.event("stop", **totals))
+    log.info(_("stopped: %s"), summarize(snapshot), extra=logs.event("stop", **totals))
     return ExitCode.OK
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def summarize(snapshot: StatsSnapshot) -> str:
     """The stop line's totals: what was served, and what was refused or dropped (the
     rate-limited warnings may have folded the last few of those)."""
+
+    def counted(singular: str, plural: str, count: int) -> str:
+        return ngettext(singular, plural, count) % count
+
     parts = [
-        f"{plural(snapshot.connections_accepted, 'connection')} served",
-        f"{plural(snapshot.bytes_echoed, 'byte')} echoed",
+        counted("%d connection served", "%d connections served", snapshot.connections_accepted),
+        counted("%d byte echoed", "%d bytes echoed", snapshot.bytes_echoed),
     ]
     if snapshot.connections_rejected:
-        parts.append(f"{plural(snapshot.connections_rejected, 'connection')} refused")
+        parts.append(
+            counted(
+                "%d connection refused", "%d connections refused", snapshot.connections_rejected
+            )
+        )
     if snapshot.datagrams_received:
-        parts.append(f"{plural(snapshot.datagrams_echoed, 'datagram')} echoed")
+        parts.append(
+            counted("%d datagram echoed", "%d datagrams echoed", snapshot.datagrams_echoed)
+        )
     dropped = snapshot.datagrams_dropped_low_port + snapshot.datagrams_dropped_rate
     if dropped:
-        parts.append(f"{plural(dropped, 'datagram')} dropped")
+        parts.append(counted("%d datagram dropped", "%d datagrams dropped", dropped))
     return ", ".join(parts)
 
 
@@ -755,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        i18n.set_language(getattr(args, "lang", None))  # None: the environment's language
         configure_logging(args)
         code: int = args.run(args)
     except SystemExit as exc:  # argparse: usage error, --help, --version

@@ -201,7 +201,8 @@ class EchoSession:
     @property
     def wants_write(self) -> bool:
         """Whether there is echo waiting to be written."""
-        return self.pending > 0 and self.state is not SessionState.CLOSED
+        # (pending, inlined: the readiness models ask this on every read)
+        return len(self._out) > self._out_start and self.state is not SessionState.CLOSED
 
     @property
     def finished(self) -> bool:

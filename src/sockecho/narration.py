@@ -10,9 +10,18 @@ module turns events into lines and writes them:
 * the phrases (:func:`received`, :func:`sent`, :data:`WHY_BYTES`, :data:`ERRNO_MEANINGS`...)
   and the argument formats (:func:`fd`, :func:`byte_count`...) are here too, so the
   wording of the whole trace can be read, changed or translated in this file;
+* :func:`kernel_calls` names the system calls behind a socket method when they are not
+  the method's own name (``accept`` is ``accept4``, a ``recv`` with a timeout is
+  ``poll`` then ``recvfrom``), as strace shows them (Linux, CPython 3.11; checked with
+  ``strace -f -e trace=network,ioctl,poll,pselect6``: tests/test_trace.py runs it);
 * :class:`Narrator` writes the lines: whole lines under a lock, colour (rich) on a
   terminal unless ``NO_COLOR``, the ``[thread]`` tag while another thread is blocked in
-  a call, and it stops for good, with one warning, when its stream goes away.
+  a call; a readiness wait that keeps timing out with nothing ready (an idle server)
+  is folded into one line with a count; and it stops for good, with one warning, when
+  its stream goes away.
+
+Every phrase goes through :mod:`sockecho.i18n` (``--lang es``: Spanish); call names,
+kernel call names, errno names, descriptors and byte previews are never translated.
 
 The rules for what is narrated and in which order (blocking calls, threads, folded
 polls) are described in :mod:`sockecho.trace`.
@@ -36,6 +45,7 @@ from typing import Any, ClassVar, TextIO
 from rich.console import Console
 from rich.text import Text
 
+from sockecho.i18n import N_, _, decimal, ngettext
 from sockecho.servers.base import describe_error
 
 log = logging.getLogger("sockecho.trace")
@@ -53,11 +63,13 @@ class Call:
     """A call as the program made it: ``Call("recv", (fd(7), "65536"))`` is ``recv(fd 7, 65536)``.
 
     ``name`` is the method or kernel call the program used; ``args`` are already worded
-    by the argument formats below.
+    by the argument formats below; ``kernel`` names the system calls behind it when they
+    differ from ``name`` (:func:`kernel_calls`), shown once, on the call's first line.
     """
 
     name: str
     args: tuple[str, ...] = ()
+    kernel: str | None = None
 
 
 class Outcome(enum.Enum):
@@ -81,11 +93,47 @@ def format_event(event: Event) -> tuple[str, str]:
     The call is padded to :data:`CALL_WIDTH` when something follows, so results line up.
     """
     call = f"{event.call.name}({', '.join(event.call.args)})"
+    kernel = "" if event.call.kernel is None else "   [" + _("kernel: %s") % event.call.kernel + "]"
     if event.outcome is Outcome.WAITING:
-        return f"{call + ' ...':<{CALL_WIDTH}}", f"   ({event.detail})"
+        return f"{call + ' ...':<{CALL_WIDTH}}", f"   ({event.detail}){kernel}"
     if event.detail is None:
-        return call, ""
-    return f"{call:<{CALL_WIDTH}}", f" -> {event.detail}"
+        return (f"{call:<{CALL_WIDTH}}", kernel) if kernel else (call, "")
+    return f"{call:<{CALL_WIDTH}}", f" -> {event.detail}{kernel}"
+
+
+#: The system call behind each socket method not named after it (strace's names).
+_KERNEL_NAMES = {
+    "recv": "recvfrom",
+    "recv_into": "recvfrom",
+    "recvfrom_into": "recvfrom",
+    "send": "sendto",
+    "accept": "accept4",
+    "setblocking": "ioctl(FIONBIO)",
+    "settimeout": "ioctl(FIONBIO)",
+}
+#: The methods that a socket timeout turns into ``poll()`` and then the call.
+_POLLED_WITH_TIMEOUT = frozenset(
+    {"recv", "recv_into", "recvfrom", "recvfrom_into", "send", "sendall", "sendto", "sendmsg"}
+    | {"accept"}
+)
+
+
+def kernel_calls(name: str, timeout: float | None) -> str | None:
+    """The system calls behind socket method ``name`` on a socket whose timeout is
+    ``timeout`` (None: blocking; 0: non-blocking), or None when they are the same name.
+
+    CPython implements a socket timeout by waiting in ``poll()`` before the call, which
+    it then makes on a non-blocking descriptor; blocking mode is ``ioctl(FIONBIO)``.
+    """
+    if name == "connect":
+        return "connect + poll + getsockopt(SO_ERROR)" if timeout else None
+    if name == "sendall":
+        kernel = _("sendto, until every byte is sent")
+    else:
+        kernel = _KERNEL_NAMES.get(name, name)
+    if timeout and name in _POLLED_WITH_TIMEOUT:
+        kernel = "poll + " + kernel
+    return None if kernel == name else kernel
 
 
 # -- the arguments ---------------------------------------------------------------------------
@@ -109,7 +157,7 @@ _SHUTDOWN_NAMES = {
 #: The kernel call behind each selector class, for the readiness-wait lines.
 _SELECTOR_CALLS: dict[str, tuple[str, str, str]] = {
     # class name: (the creation, the wait, the interest change)
-    "EpollSelector": ("epoll_create", "epoll_wait", "epoll_ctl"),
+    "EpollSelector": ("epoll_create1", "epoll_wait", "epoll_ctl"),
     "PollSelector": ("poll", "poll", "poll register"),
     "KqueueSelector": ("kqueue", "kevent", "kevent"),
     "DevpollSelector": ("devpoll", "devpoll", "devpoll register"),
@@ -136,7 +184,7 @@ def fd_list(objs: Iterable[Any]) -> str:
 
 
 def byte_count(count: int) -> str:
-    return f"{count} bytes"
+    return ngettext("%d byte", "%d bytes", count) % count
 
 
 def address(value: Any) -> str:
@@ -179,7 +227,9 @@ def select_timeout(timeout: float | None) -> str:
 
 
 def wait_timeout(timeout: float | None) -> str:
-    return "no timeout" if timeout is None else f"timeout {timeout:.2f}"
+    if timeout is None:
+        return _("no timeout")
+    return _("timeout %s") % f"{timeout:.2f}"  # (an argument: Python's decimal point)
 
 
 def interest(events: int) -> str:
@@ -199,9 +249,9 @@ def preview(data: bytes | bytearray | memoryview) -> str:
 
 # -- what calls return ---------------------------------------------------------------------
 
-CONNECTED = "connected"
-PEER_SET = "default peer set (a UDP connect sends nothing)"
-NOTHING_READY = "nothing ready (timeout)"
+CONNECTED = N_("connected")
+PEER_SET = N_("default peer set (a UDP connect sends nothing)")
+NOTHING_READY = N_("nothing ready (timeout)")
 
 
 def new_descriptor(number: int) -> str:
@@ -209,37 +259,43 @@ def new_descriptor(number: int) -> str:
 
 
 def port_chosen(port: int) -> str:
-    return f"port {port} (port 0: the kernel chose)"
+    return _("port %d (port 0: the kernel chose)") % port
 
 
 def accepted(number: int, peer: str) -> str:
-    return f"{fd(number)}, peer {peer}"
+    return _("%s, peer %s") % (fd(number), peer)
 
 
 def received(data: bytes | memoryview, stream: bool = True) -> str:
     if not data:
-        return "0 bytes: b'' (peer closed its side)" if stream else "0 bytes (an empty datagram)"
-    return f"{len(data)} bytes {preview(data)}"
+        if stream:
+            return _("0 bytes: b'' (peer closed its side)")
+        return _("0 bytes (an empty datagram)")
+    return f"{byte_count(len(data))} {preview(data)}"
 
 
 def received_from(data: bytes | memoryview, peer: str) -> str:
-    return f"{received(data, False)} from {peer}"
+    return _("%s from %s") % (received(data, False), peer)
 
 
 def sent(count: int, size: int) -> str:
     if count < size:
-        return f"{count} of {size} bytes (a partial send: the rest must be sent later)"
+        return _("%d of %d bytes (a partial send: the rest must be sent later)") % (count, size)
     return byte_count(count)
 
 
 def select_ready(readable: Sequence[Any], writable: Sequence[Any], failed: Sequence[Any]) -> str:
     """``readable [5]``: what ``select`` returned."""
     parts = [
-        f"{name} {fd_list(ready)}"
-        for name, ready in (("readable", readable), ("writable", writable), ("error", failed))
+        f"{_(name)} {fd_list(ready)}"
+        for name, ready in (
+            (N_("readable"), readable),
+            (N_("writable"), writable),
+            (N_("error"), failed),
+        )
         if ready
     ]
-    return ", ".join(parts) or NOTHING_READY
+    return ", ".join(parts) or _(NOTHING_READY)
 
 
 def selector_ready(ready: Sequence[tuple[selectors.SelectorKey, int]]) -> str:
@@ -247,56 +303,76 @@ def selector_ready(ready: Sequence[tuple[selectors.SelectorKey, int]]) -> str:
     described = [
         f"fd {key.fd} "
         + "+".join(
-            word
+            _(word)
             for flag, word in (
-                (selectors.EVENT_READ, "readable"),
-                (selectors.EVENT_WRITE, "writable"),
+                (selectors.EVENT_READ, N_("readable")),
+                (selectors.EVENT_WRITE, N_("writable")),
             )
             if events & flag
         )
         for key, events in ready
     ]
-    return ", ".join(described) or NOTHING_READY
+    return ", ".join(described) or _(NOTHING_READY)
 
 
 def folded_polls(count: int) -> str:
     return (
-        f"nothing ready, {count} time{'s' if count > 1 else ''} "
-        "(polls that do not wait, folded since the last wait shown)"
+        ngettext(
+            "nothing ready, %d time (polls that do not wait, folded since the last wait shown)",
+            "nothing ready, %d times (polls that do not wait, folded since the last wait shown)",
+            count,
+        )
+        % count
+    )
+
+
+def folded_timeouts(count: int) -> str:
+    """The line for a wait that timed out ``count`` more times after the one shown."""
+    return (
+        ngettext(
+            "nothing ready (timeout), %d more time (the same idle wait, folded)",
+            "nothing ready (timeout), %d more times (the same idle wait, folded)",
+            count,
+        )
+        % count
     )
 
 
 # -- why a call waits ----------------------------------------------------------------------
 
-WHY_CLIENT = "a passive socket waits for a client"
-WHY_HANDSHAKE = "the three-way handshake"
-WHY_BYTES = "waits for bytes from the peer"
-WHY_DATAGRAM = "waits for a datagram"
-WHY_SELECT = "waits until a socket in the lists is ready"
-WHY_SELECTOR = "waits until a registered socket is ready"
+WHY_CLIENT = N_("a passive socket waits for a client")
+WHY_HANDSHAKE = N_("the three-way handshake")
+WHY_BYTES = N_("waits for bytes from the peer")
+WHY_DATAGRAM = N_("waits for a datagram")
+WHY_SELECT = N_("waits until a socket in the lists is ready")
+WHY_SELECTOR = N_("waits until a registered socket is ready")
 
 
 def blocks(why: str, timeout: float | None = None) -> str:
     """``blocks: why``, or ``blocks up to 2 s: why`` when the wait has a timeout."""
-    return f"blocks: {why}" if timeout is None else f"blocks up to {timeout:.3g} s: {why}"
+    if timeout is None:
+        return _("blocks: %s") % _(why)
+    return _("blocks up to %s s: %s") % (decimal(f"{timeout:.3g}"), _(why))
 
 
 # -- errors ----------------------------------------------------------------------------------
 
 #: What an errno means to someone learning sockets, shown after the error's name.
 ERRNO_MEANINGS: dict[int, str] = {
-    errno.ECONNRESET: "the peer reset the connection",
-    errno.EPIPE: "the peer is gone: writing to it is an error",
-    errno.ECONNREFUSED: "nothing listens on that port",
-    errno.EADDRINUSE: "another socket is bound to that address",
-    errno.EAGAIN: "nothing ready now: a non-blocking socket does not wait",
-    errno.ENOTCONN: "the socket is not connected",
-    errno.ECONNABORTED: "the client left before accept()",
-    errno.EMFILE: "out of file descriptors",
+    errno.ECONNRESET: N_("the peer reset the connection"),
+    errno.EPIPE: N_("the peer is gone: writing to it is an error"),
+    errno.ECONNREFUSED: N_("nothing listens on that port"),
+    errno.EADDRINUSE: N_("another socket is bound to that address"),
+    errno.EAGAIN: N_(
+        "not now: nothing to read, or no room to send; a non-blocking socket does not wait"
+    ),
+    errno.ENOTCONN: N_("the socket is not connected"),
+    errno.ECONNABORTED: N_("the client left before accept()"),
+    errno.EMFILE: N_("out of file descriptors"),
 }
 #: Meanings that depend on the call: the same errno says something else elsewhere.
 ACCEPT_MEANINGS: dict[int, str] = {
-    errno.EINVAL: "the socket is not listening any more: a stop shut it down to refuse clients",
+    errno.EINVAL: N_("the socket is not listening any more: a stop shut it down to refuse clients"),
 }
 
 
@@ -309,7 +385,7 @@ def describe_failure(exc: BaseException, meanings: Mapping[int, str] | None = No
         if meaning is None and exc.errno is None and exc.args:
             meaning = str(exc.args[0])  # socket timeouts: "timed out"
         if meaning:
-            text += f" ({meaning})"
+            text += f" ({_(meaning)})"
     return text
 
 
@@ -339,6 +415,11 @@ class Narrator:
         # Reentrant: a call narrated under atomic() writes its line under the same lock.
         self._lock = threading.RLock()
         self._waiting_threads: dict[int, int] = {}  # thread id: calls it is blocked in
+        # The readiness wait that last timed out with nothing ready (an idle server waits
+        # like that every second or so), and how often it did again since, not yet said.
+        self._idle_wait: tuple[str, ...] | None = None
+        self._idle_call: Call | None = None
+        self._idle_repeats = 0
         self._console: Console | None = None
         if wants_color(self.stream) if color is None else color:
             self._console = Console(
@@ -357,6 +438,31 @@ class Narrator:
         self, call: Call, exc: BaseException, meanings: Mapping[int, str] | None = None
     ) -> None:
         self.narrate(Event(call, Outcome.FAILED, describe_failure(exc, meanings)))
+
+    def timed_out(self, call: Call, wait: tuple[str, ...]) -> None:
+        """Readiness wait ``call`` (identified by ``wait``: the call without its timeout)
+        found nothing before its timeout. The first time is a line; the same wait timing
+        out again is only counted (:meth:`same_idle_wait` drops its waiting line), and one
+        line says how many times, before the next line of anything else."""
+        with self._lock:
+            if wait == self._idle_wait:
+                self._idle_repeats += 1
+                self._idle_call = call
+                return
+            self.narrate(Event(call, Outcome.RETURNED, _(NOTHING_READY)))
+            self._idle_wait = wait
+
+    def same_idle_wait(self, wait: tuple[str, ...]) -> bool:
+        """Whether ``wait`` is the idle wait that timed out last (then it is not announced)."""
+        with self._lock:
+            return wait == self._idle_wait
+
+    def _say_idle_repeats(self) -> None:
+        """The folded line for an idle wait's repeats, if any (under the lock)."""
+        call, repeats = self._idle_call, self._idle_repeats
+        self._idle_wait, self._idle_call, self._idle_repeats = None, None, 0
+        if repeats and call is not None:
+            self._write(Event(call, Outcome.RETURNED, folded_timeouts(repeats)))
 
     def atomic(self) -> contextlib.AbstractContextManager[object]:
         """Hold around a call that cannot wait and its line: no other thread's line (or
@@ -390,7 +496,13 @@ class Narrator:
     }
 
     def narrate(self, event: Event) -> None:
-        """Write the line for ``event``: every line of the trace is written here."""
+        """Write the line for ``event``: every line of the trace is written here (after the
+        count of an idle wait's folded repeats, when there is one)."""
+        with self._lock:
+            self._say_idle_repeats()
+            self._write(event)
+
+    def _write(self, event: Event) -> None:
         call, tail = format_event(event)
         prefix = f"{self.role:<6}  "
         with self._lock:

@@ -1,4 +1,4 @@
-"""``--trace``: narrate every socket call as it really happens, one line each.
+"""``--trace``: narrate each socket API call as it really happens, one line each.
 
 ::
 
@@ -55,6 +55,22 @@ Threads
     kernel refuses new clients; an ``accept`` racing with that fails with
     ``EINVAL``, and its line says so.
 
+Kernel calls
+    The lines narrate the socket API, the methods the program calls. When the
+    system calls behind a method have other names, the line says so once, in
+    brackets: ``accept`` is ``[kernel: accept4]``, ``setblocking`` is
+    ``ioctl(FIONBIO)``, a ``recv`` on a socket with a timeout is ``poll`` (the
+    wait) then ``recvfrom``, a ``connect`` with a timeout is ``connect``,
+    ``poll`` and ``getsockopt(SO_ERROR)``, ``select`` is ``pselect6``
+    (:func:`~sockecho.narration.kernel_calls`; tests/test_trace.py checks the
+    names against strace). A client's waits for the echo are those polls.
+
+Idle waits
+    A readiness wait that times out with nothing ready (an idle ``select`` or
+    asyncio server wakes every second or so to sweep) is one line the first
+    time; the same wait timing out again is counted, and one line with the
+    count comes before the next line of anything else.
+
 Folded polls
     A readiness wait with timeout 0 that finds nothing is not a line of its
     own: asyncio polls like that whenever callbacks are ready, several times
@@ -96,9 +112,11 @@ import select
 import selectors
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 from sockecho import narration as say
+from sockecho.i18n import _
 from sockecho.narration import (
     PREVIEW_BYTES,
     Call,
@@ -158,8 +176,8 @@ class TracedSocket(socket.socket):
     # -- the narration ----------------------------------------------------------------------
 
     def _call(self, name: str, *args: str) -> Call:
-        """``name(fd N, args...)``: a call on this socket."""
-        return Call(name, (fd(self.fileno()), *args))
+        """``name(fd N, args...)``: a call on this socket, with the kernel calls behind it."""
+        return Call(name, (fd(self.fileno()), *args), say.kernel_calls(name, self.gettimeout()))
 
     def _blocking_why(self, why: str) -> str | None:
         """The hint for a call that may wait, or None when this socket never waits."""
@@ -190,8 +208,8 @@ class TracedSocket(socket.socket):
         blocking = self.gettimeout() != 0.0
         if wait is not None and blocking:
             self.tracer.waiting(call, self._blocking_why(wait) or "")
-            with self.tracer.blocked():
-                return self._report(call, run, describe, meanings)
+            with self.tracer.blocked():  # (the kernel calls were named on the waiting line)
+                return self._report(replace(call, kernel=None), run, describe, meanings)
         if sends and blocking:
             return self._report(call, run, describe, meanings)
         with self.tracer.atomic():
@@ -265,7 +283,7 @@ class TracedSocket(socket.socket):
         self._run(
             call,
             lambda: super(TracedSocket, self).connect(address),
-            lambda _: say.CONNECTED,
+            lambda _result: _(say.CONNECTED),
             wait=say.WHY_HANDSHAKE,
         )
 
@@ -357,8 +375,8 @@ def _nothing(_: object) -> None:
     return None
 
 
-def _peer_set(_: None) -> str:
-    return say.PEER_SET
+def _peer_set(_result: None) -> str:
+    return _(say.PEER_SET)
 
 
 def traced_socket_class(tracer: Tracer) -> type[TracedSocket]:
@@ -390,9 +408,11 @@ def traced_select(tracer: Tracer) -> SelectFunction:
                 say.fd_list(errors),
                 say.select_timeout(timeout),
             ),
+            "pselect6",
         )
         waits = timeout is None or timeout > 0
-        if waits:
+        idle_key = ("select", *call.args[:-1])  # the same lists: the same wait, any timeout
+        if waits and not tracer.same_idle_wait(idle_key):
             tracer.waiting(call, say.blocks(say.WHY_SELECT))
         with tracer.blocked() if waits else tracer.atomic():
             try:
@@ -400,7 +420,11 @@ def traced_select(tracer: Tracer) -> SelectFunction:
             except OSError as exc:
                 tracer.failed(call, exc)
                 raise
-            tracer.returned(call, say.select_ready(readable, writable, failed))
+            shown = replace(call, kernel=None) if waits else call  # named on the waiting line
+            if waits and not (readable or writable or failed):
+                tracer.timed_out(shown, idle_key)
+            else:
+                tracer.returned(shown, say.select_ready(readable, writable, failed))
         return readable, writable, failed
 
     return traced
@@ -449,9 +473,13 @@ class TracedSelector(selectors.BaseSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         call = Call(self._wait_call, (say.wait_timeout(timeout),))
         waits = timeout is None or timeout > 0
+        idle_key = (self._wait_call, str(self._fd))  # this selector's wait, any timeout
         if waits:
-            self._report_folded()
-            self.tracer.waiting(call, say.blocks(say.WHY_SELECTOR))
+            if self.tracer.same_idle_wait(idle_key):
+                self._folded_polls = 0  # (an idle loop's own polls fold into its idle line)
+            else:
+                self._report_folded()
+                self.tracer.waiting(call, say.blocks(say.WHY_SELECTOR))
         with self.tracer.blocked() if waits else self.tracer.atomic():
             try:
                 ready = self.selector.select(timeout)
@@ -463,7 +491,10 @@ class TracedSelector(selectors.BaseSelector):
                 self._folded_polls += 1
                 return ready
             self._report_folded()
-            self.tracer.returned(call, say.selector_ready(ready))
+            if waits and not ready:
+                self.tracer.timed_out(call, idle_key)
+            else:
+                self.tracer.returned(call, say.selector_ready(ready))
         return ready
 
     def _report_folded(self) -> None:

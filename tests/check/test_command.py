@@ -59,6 +59,7 @@ def test_an_unreachable_udp_port_is_one_error_line_and_exit_1() -> None:
         (["--udp", "--tls", "127.0.0.1"], "--udp and --tls do not go together"),
         (["--timeout", "0", "127.0.0.1"], "must be more than 0 seconds"),
         (["127.0.0.1:99999"], "bad port"),
+        (["--case", "udp.size", "127.0.0.1"], "no TCP case matches --case udp.size"),
     ],
 )
 def test_usage_errors_exit_2_without_connecting(args: list[str], message: str) -> None:

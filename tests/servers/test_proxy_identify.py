@@ -268,3 +268,32 @@ def test_tls_client_without_a_proxy_header_is_refused_as_a_proxy_failure(
         raw.close()
         assert server.stats.wait_for(lambda s: s.proxy_header_failures == 1, WAIT)
         assert server.snapshot().tls_handshake_failures == 0
+
+
+def test_oversized_headers_are_refused_without_waiting_for_their_bytes(model: str) -> None:
+    announced_64k = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\xff\xff"  # v2 announcing 65535 bytes
+    with Server(config(model, proxy_protocol="any")) as server:
+        for start in (b"PROXY TCP4 " + b"9" * 200, announced_64k):
+            with connect(server.address) as client:
+                client.sendall(start)
+                assert closed_by_server(client)  # long before a 64 KiB header could arrive
+        assert server.stats.wait_for(lambda s: s.proxy_header_failures == 2, WAIT)
+
+
+@pytest.mark.parametrize("model", CONCURRENT_MODELS)
+def test_a_flood_of_bad_headers_leaves_good_clients_served(model: str) -> None:
+    flood = 50
+    with Server(config(model, proxy_protocol="v2", proxy_header_timeout=0.5)) as server:
+        bad = [connect(server.address) for _ in range(flood)]
+        try:
+            for k, sock in enumerate(bad):
+                sock.sendall(b"\r\n\r\n"[: 1 + k % 4])  # partial signatures: held, then timed out
+            with connect(server.address) as good:
+                good.sendall(encode_v2(CLIENT, server.address) + b"still here")
+                assert recv_exactly(good, 10) == b"still here"
+            assert all(closed_by_server(sock) for sock in bad)
+        finally:
+            for sock in bad:
+                sock.close()
+        assert server.stats.wait_for(lambda s: s.proxy_header_failures == flood, WAIT)
+        assert server.snapshot().connections_accepted == 1

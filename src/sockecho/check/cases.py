@@ -222,6 +222,12 @@ def select(
         elif case.strict and not strict:
             continue
         chosen.append(case)
+    if selectors and not chosen:
+        run = "UDP" if udp else ("TLS" if tls else "TCP")
+        raise ConfigError(
+            f"no {run} case matches --case {' '.join(selectors)}",
+            "tls cases need --tls, udp cases --udp, --strict cases --strict or their full ID",
+        )
     return chosen
 
 

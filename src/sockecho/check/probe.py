@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sockecho.client import Channel, connect_tcp, handshake_error
 from sockecho.errors import ClientError
-from sockecho.net import format_host_port, resolve
+from sockecho.net import resolve
 from sockecho.tls import DuplexTLS
 
 
@@ -69,7 +69,6 @@ class Probe:
         self.rng = rng
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
-        self.where = format_host_port(host, port)
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self.aborted = False
@@ -82,9 +81,6 @@ class Probe:
     def restart_deadline(self) -> None:
         """A new deadline for a case made of rounds (each round may take ``timeout``)."""
         self.deadline = time.monotonic() + self.timeout
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
 
     def connect(self, *, handshake: bool = True) -> Connection:
         """A new connection (over TLS when checking TLS); a refused or failed connection is

@@ -247,7 +247,7 @@ def second_client(probe: Probe) -> Finding | None:
         second = probe.connect(handshake=False)
         data = b"a second client\n"
         received = b""
-        served = second.handshake(SECOND_CLIENT_WAIT)
+        served = second.handshake(SECOND_CLIENT_WAIT)  # True at once without TLS
         if served:
             second.send(data)
             received = second.receive(len(data), wait=SECOND_CLIENT_WAIT)
@@ -258,7 +258,7 @@ def second_client(probe: Probe) -> Finding | None:
     with second:
         if not served and not second.handshake():
             raise Failure("the second client served once the first closed", "it never was")
-        if not received:
+        if not served:
             second.send(data)
         rest = second.receive(len(data) - len(received))
         if received + rest != data:

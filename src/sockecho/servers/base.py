@@ -90,6 +90,7 @@ from sockecho.faults import (
     DatagramFaults,
     FaultKind,
 )
+from sockecho.i18n import N_, _, decimal
 from sockecho.identity import IDENTIFY_REQUEST, identity_line, identity_object
 from sockecho.proxy_protocol import ProxyVersions
 
@@ -348,10 +349,10 @@ class EchoServer(abc.ABC):
         folded = self._rejections.note()
         if folded:
             log.warning(
-                "rejected %d connection(s): limit reached (%d connections, %s per source)",
+                _("rejected %d connection(s): limit reached (%d connections, %s per source)"),
                 folded,
                 self.gate.max_connections,
-                self.gate.max_per_source or "no limit",
+                self.gate.max_per_source or _("no limit"),
                 extra=logs.event("rejected", peer=peer, reason=refusal.value, count=folded),
             )
         self.stats.rejected(per_source=refusal is Refusal.SOURCE)  # after the log line
@@ -359,9 +360,9 @@ class EchoServer(abc.ABC):
     def opened(self, session: EchoSession) -> None:
         """Log and count ``session`` as open (at accept, or once its PROXY header is read)."""
         session.admitted = True
-        via = f" via {session.via}" if session.via else ""
+        via = _(" via %s") % session.via if session.via else ""
         log.info(
-            "open %s%s",
+            _("open %s%s"),
             session.peer,
             via,
             extra=logs.event("open", peer=session.peer, via=session.via or None),
@@ -437,16 +438,16 @@ class EchoServer(abc.ABC):
             return
         # A client that speaks something other than TLS to a TLS port is its own problem.
         unexpected = error is not None and not isinstance(error, (*PEER_GONE, ssl.SSLError))
-        reason = "idle timeout" if idle else "closed"
+        reason = N_("idle timeout") if idle else "closed"
         if error is not None:
             reason = describe_error(error)
         log.log(
             logging.WARNING if unexpected else logging.INFO,
-            "close %s: echoed %d bytes in %.3f s%s",
+            _("close %s: echoed %d bytes in %s s%s"),
             session.peer,
             session.bytes_sent,
-            session.duration(),
-            "" if reason == "closed" else f" ({reason})",
+            decimal(f"{session.duration():.3f}"),
+            "" if reason == "closed" else f" ({_(reason)})",
             extra=logs.event(
                 "close",
                 peer=session.peer,
@@ -504,7 +505,7 @@ class EchoServer(abc.ABC):
         Each is read whole (a 65535-byte buffer: nothing is cut short) and sent
         back to its source when :class:`~sockecho.core.DatagramPolicy` allows it.
         """
-        for _ in range(DATAGRAM_BATCH):
+        for _datagram in range(DATAGRAM_BATCH):
             try:
                 data, addr = sock.recvfrom(net.DATAGRAM_BUFFER)
             except BlockingIOError:
@@ -579,7 +580,7 @@ class EchoServer(abc.ABC):
     ) -> None:
         """sendto() ``copies`` times and count one echo (UDP may drop: errors are counted)."""
         try:
-            for _ in range(copies):
+            for _copy in range(copies):
                 sock.sendto(payload, addr)
         except OSError as exc:
             self.datagram_echoed(len(payload), exc)

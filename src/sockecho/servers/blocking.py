@@ -12,9 +12,6 @@ or a thread of the client's own). Everything else is here:
   (``recv()`` then ``sendall()`` until ``recv()`` returns ``b''``);
 * TLS: the accepted socket is wrapped and its handshake done under one deadline;
   an orderly end sends close_notify before the socket is closed;
-* bursts of clients (``threading``): the accepting thread takes every waiting client
-  before it waits again, and meanwhile the connection threads pause before their next
-  ``recv()`` (:attr:`BlockingModel.accept_in_batches`, below);
 * stopping: open connection sockets are tracked; when a stop's drain time is
   over, a timer shuts the remaining ones down, which wakes whatever thread is
   blocked in their ``recv()`` or ``sendall()``. A model whose loop fails on its
@@ -23,7 +20,6 @@ or a thread of the client's own). Everything else is here:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import selectors
 import socket
@@ -41,16 +37,6 @@ from sockecho.servers.base import ACCEPT_BACKOFF, EchoServer, SocketCalls, Waker
 #: Seconds between looks of a stalled connection's thread (stall-after) at whether a stop or
 #: the idle sweep ended it: it reads nothing, so no readiness can tell it.
 STALL_LOOK_INTERVAL = 0.25
-#: Clients one readiness event of a listener may accept at most before the accepting thread
-#: looks at its other listeners and at a stop again.
-ACCEPT_BATCH = 1024
-#: Seconds a connection thread waits at most for the accepting thread to finish a batch (a
-#: bound: a batch takes milliseconds when the accepting thread gets the GIL).
-ACCEPT_GATE_TIMEOUT = 0.5
-#: Seconds a new client's thread waits for its first bytes while the established connections
-#: wait for it: a client that connects and sends nothing holds the others back at most this
-#: long, once; one that sends at once, as long as its echo takes.
-NEWCOMER_GRACE = 0.5
 #: Seconds an orderly TLS close waits to hand its close_notify to the kernel (it never
 #: waits for the client's: the client may have half-closed with a plain FIN).
 CLOSE_NOTIFY_TIMEOUT = 1.0
@@ -77,16 +63,6 @@ class BlockingModel(EchoServer):
     #: implements a socket timeout as a poll() before every recv() and send(): two more
     #: system calls and GIL hand-offs per echo (docs/PERFORMANCE.md).
     idle_by_sweep: ClassVar[bool] = False
-    #: Accept every waiting client per readiness event (until EAGAIN), while the connection
-    #: threads pause before their next recv() (threading). Why: under load the accepting
-    #: thread needs the GIL after each blocking call (epoll_wait, accept, starting a thread),
-    #: and busy connection threads hand the GIL among themselves, so it got it once every
-    #: 5-8 ms: 1000 clients connecting at once waited up to 8 s for their first echo
-    #: (docs/models.md, "Connection storms"). A connection thread that finds
-    #: :attr:`accepting` set waits on a condition instead of competing; one attribute test
-    #: per echo otherwise. The iterative model serves one client at a time, so it keeps
-    #: clients in the kernel's queue rather than accepting ahead.
-    accept_in_batches: ClassVar[bool] = False
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
@@ -100,15 +76,6 @@ class BlockingModel(EchoServer):
         self._open_changed = threading.Condition()
         self._expiry: threading.Timer | None = None
         self._drain_over = False  # set once a stop's drain time is over
-        self._accepted: collections.deque[tuple[socket.socket, net.SockAddr]] = (
-            collections.deque()
-        )  # accepted in this batch, not yet handed out by next_client()
-        #: Set while a batch of clients is being accepted: connection threads wait.
-        self.accepting = False
-        #: Connections of a storm that have not had their first echo yet: while there are
-        #: any (for NEWCOMER_GRACE at most), the others wait before their next recv().
-        self.newcomers: set[socket.socket] = set()
-        self._accept_gate = threading.Condition(threading.Lock())
 
     def wake(self) -> None:
         deadline = self.drain_deadline()
@@ -122,7 +89,6 @@ class BlockingModel(EchoServer):
                 with contextlib.suppress(OSError):
                     listener.shutdown(socket.SHUT_RD)
             self._waker.wake()
-            self.open_accept_gate()
             if self._expiry is not None:
                 self._expiry.cancel()
             self._expiry = threading.Timer(
@@ -166,9 +132,6 @@ class BlockingModel(EchoServer):
                     sock.setblocking(False)
                     self._waiting.register(sock, selectors.EVENT_READ)
             self._waiting.register(self._waker.reader, selectors.EVENT_READ)
-        if self._accepted and not self.stopping:
-            return self._accepted.popleft()
-        self.open_accept_gate()  # the batch is handed out: connection threads go on
         while not self.stopping:
             for key, _events in self._waiting.select():
                 if key.fileobj is self._waker.reader:
@@ -178,11 +141,6 @@ class BlockingModel(EchoServer):
                 assert isinstance(ready, socket.socket)
                 if ready.type == socket.SOCK_DGRAM:
                     self.echo_datagrams(ready)
-                    continue
-                if self.accept_in_batches:
-                    self.accept_batch(ready)
-                    if self._accepted:
-                        return self._accepted.popleft()
                     continue
                 try:
                     conn, addr = ready.accept()
@@ -197,61 +155,7 @@ class BlockingModel(EchoServer):
                     continue
                 conn.setblocking(True)
                 return conn, addr
-        self.close_unserved()
         return None
-
-    def accept_batch(self, listener: socket.socket) -> None:
-        """Accept every client waiting on ``listener`` (up to ACCEPT_BATCH) into the queue
-        :meth:`next_client` hands out, with the connection threads held back meanwhile."""
-        self.accepting = True
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, addr = listener.accept()
-            except BlockingIOError:
-                return  # the queue is empty: the batch is complete
-            except OSError as exc:
-                if self.accept_failed(exc):
-                    # Back off on the waker alone (a stop still interrupts it): the
-                    # listener stays readable while the client waits.
-                    self.calls.select([self._waker.reader], [], [], ACCEPT_BACKOFF)
-                return
-            conn.setblocking(True)
-            self._accepted.append((conn, addr))
-
-    def open_accept_gate(self) -> None:
-        """The batch is over (or a stop came): let waiting connection threads go on."""
-        if self.accepting:
-            with self._accept_gate:
-                self.accepting = False
-                self._accept_gate.notify_all()
-
-    def wait_for_accepts(self) -> None:
-        """In a connection thread: wait while a batch of clients is being accepted, or a
-        storm's clients still wait for their first echo (ACCEPT_GATE_TIMEOUT at most)."""
-        with self._accept_gate:
-            self._accept_gate.wait_for(
-                lambda: not self.accepting and not self.newcomers, ACCEPT_GATE_TIMEOUT
-            )
-
-    def add_newcomer(self, conn: socket.socket) -> None:
-        """``conn`` is about to get its thread: until :meth:`welcomed`, the others wait."""
-        with self._accept_gate:
-            self.newcomers.add(conn)
-
-    def welcomed(self, conn: socket.socket) -> None:
-        """``conn`` has had its first echo, or ended before: the others may go on."""
-        with self._accept_gate:
-            self.newcomers.discard(conn)
-            if not self.newcomers:
-                self._accept_gate.notify_all()
-
-    def close_unserved(self) -> None:
-        """Close clients accepted in a batch that a stop left unserved (as if still queued in
-        the kernel: they see their connection end, never an echo)."""
-        while self._accepted:
-            conn, _addr = self._accepted.popleft()
-            conn.close()
-        self.open_accept_gate()
 
     def track(self, conn: socket.socket) -> None:
         with self._open_changed:
@@ -309,15 +213,7 @@ class BlockingModel(EchoServer):
         error: BaseException | None = None
         idle = False
         self.track(conn)
-        # A connection that came in a storm: until its first echo the established ones wait.
-        newcomer = conn in self.newcomers
-        plain = conn
         try:
-            if newcomer and (
-                self.tls_context is not None or session.awaiting_header or session.faulted
-            ):
-                newcomer = False  # a handshake or a header may take seconds: no priority
-                self.welcomed(plain)
             if self.tls_context is not None:
                 if session.awaiting_header:  # the PROXY header comes before the handshake
                     self.read_header(conn, session, exact=True)
@@ -341,23 +237,7 @@ class BlockingModel(EchoServer):
             if session.faulted:
                 self.echo_with_faults(conn, cast(FaultedSession, session))
                 return
-            if newcomer:  # its first echo, while the others wait (NEWCOMER_GRACE at most)
-                conn.settimeout(NEWCOMER_GRACE)
-                try:
-                    data = conn.recv(self.config.read_size)
-                except TimeoutError:
-                    data = None  # a silent client: the others go on, it waits as they do
-                conn.settimeout(None)
-                if data:
-                    conn.sendall(data)
-                    session.echoed(len(data))
-                newcomer = False
-                self.welcomed(plain)
-                if data == b"":
-                    return
             while True:
-                if self.accepting or self.newcomers:  # a burst: accepting, first echoes first
-                    self.wait_for_accepts()
                 data = conn.recv(self.config.read_size)
                 if not data:  # b'': the client shut down its sending side (or closed)
                     break
@@ -370,8 +250,6 @@ class BlockingModel(EchoServer):
         except Exception as exc:  # reset, broken pipe, shut down by a stop, even a bug of ours:
             error = exc  # this client only
         finally:
-            if newcomer:  # ended before its first echo
-                self.welcomed(plain)
             self.close_tracked(conn)
             if conn in self._idle_closed:  # the sweep's shutdown ended the recv()/sendall()
                 self._idle_closed.discard(conn)

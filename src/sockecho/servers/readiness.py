@@ -136,8 +136,9 @@ class ReadinessModel(EchoServer):
             self.close_listeners()
             self._waker.close()
 
-    def on_ready(self, sock: socket.socket, readable: bool, writable: bool) -> None:
-        """Dispatch one ready socket: a connection, a listener, a UDP socket or the waker."""
+    def on_ready(self, sock: socket.socket, readable: int, writable: int) -> None:
+        """Dispatch one ready socket: a connection, a listener, a UDP socket or the waker.
+        ``readable``/``writable``: true (nonzero) when the wait reported that event."""
         session = self.sessions.get(sock)
         if session is not None:
             try:
@@ -223,7 +224,8 @@ class ReadinessModel(EchoServer):
                     return
                 session.echoed(sent)
                 if sent == len(data):
-                    if session.wants_read and tls_buffered(conn):
+                    # Only TLS can hold bytes no readiness announces: plain TCP asks nothing.
+                    if self.tls_context is not None and session.wants_read and tls_buffered(conn):
                         continue
                     return
                 data = data[sent:]  # the kernel took part: 5. the session keeps the rest

@@ -19,12 +19,7 @@ What it costs
 Where it breaks
     Thousands of threads: creation cost, scheduler load, and memory (about
     20 KiB RSS each). ``--max-connections`` bounds them; past it new clients are
-    closed at once. A storm of clients connecting at once while others echo: the
-    accepting thread waits its turn for the GIL after every blocking call, so it
-    takes every waiting client per readiness event and the connection threads
-    hold back meanwhile, and each new client's first echo comes before the
-    established ones' next (``BlockingModel.accept_in_batches``; docs/models.md,
-    "Connection storms").
+    closed at once.
 
 UDP (``--udp``)
     One more thread waits on the UDP sockets (with ``selectors``, beside its
@@ -65,7 +60,6 @@ class ThreadingServer(BlockingModel):
     name = "threading"
     summary = "a thread per connection, each blocking in recv()/sendall()"
     idle_by_sweep = True  # one sweeping thread, not a poll() before every recv() and send()
-    accept_in_batches = True  # a burst of clients is accepted first (BlockingModel says why)
 
     def __init__(self, config: ServerConfig, calls: SocketCalls | None = None) -> None:
         super().__init__(config, calls)
@@ -104,7 +98,6 @@ class ThreadingServer(BlockingModel):
                 if session is not None:
                     self._start_thread(conn, session)
         finally:
-            self.close_unserved()  # accepted in a batch a stop (or an error) cut short
             if datagram_thread is not None and self._datagram_waker is not None:
                 self._serving = False  # also when serve() ends on an error, not a stop
                 self._datagram_waker.wake()
@@ -149,10 +142,8 @@ class ThreadingServer(BlockingModel):
             daemon=True,  # a stuck client must never keep the process alive
         )
         self.track(conn)  # before start(): a stop now must see this connection
-        self.add_newcomer(conn)  # in a storm, its first echo comes before the others' next
         try:
             worker.start()
         except RuntimeError as exc:  # "can't start new thread": out of threads or memory
-            self.welcomed(conn)
             self.close_tracked(conn)
             self.release(session, exc)

@@ -1,0 +1,115 @@
+"""Python calls per echo: the selectors model's loop against the bare epoll loop (the floor).
+
+Runs each server in this process under cProfile (the model's ``serve()`` in the main thread),
+loads it with the C client (benchmarks/reference/build/echo_client: ``benchmarks/run``
+builds it) for 2 s, and prints the calls per round trip and the most frequent ones. Call
+counts do not depend on how busy the machine is, unlike CPU time: a repeatable measure of a
+loop's own overhead (docs/PERFORMANCE.md, "The floor: where the gap is").
+
+usage: python benchmarks/floor_profile.py CONNECTIONS SIZE   (e.g. 50 1024, 1 64, 1000 1024)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import json
+import pstats
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from sockecho import ServerConfig
+from sockecho.servers import MODELS
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "reference"))
+import bare_epoll  # noqa: E402 (from benchmarks/reference, put on the path above)
+
+CLIENT = HERE / "reference" / "build" / "echo_client"
+#: Seconds of load per server.
+DURATION = 2.0
+
+
+def load(port: int, connections: int, size: int) -> int:
+    """Round trips the C client verified in DURATION seconds."""
+    argv = [str(CLIENT), str(port), str(connections), str(size), str(DURATION)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    round_trips: int = json.loads(done.stdout)["round_trips"]
+    return round_trips
+
+
+def profile_model(name: str, connections: int, size: int) -> tuple[cProfile.Profile, int]:
+    model = MODELS[name](ServerConfig(model=name, port=0, idle_timeout=0))
+    model.open()
+    port = model.listeners[0].getsockname()[1]
+    measured: list[int] = []
+
+    def drive() -> None:
+        measured.append(load(port, connections, size))
+        model.request_stop()
+        model.request_stop()  # the second: no drain
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    profile = cProfile.Profile()
+    profile.enable()
+    model.serve()
+    profile.disable()
+    driver.join()
+    return profile, measured[0]
+
+
+class Stop(Exception):
+    """Ends the bare loop (it has no stop of its own)."""
+
+
+def profile_floor(connections: int, size: int) -> tuple[cProfile.Profile, int]:
+    with socket.socket() as probe:  # a free port for the bare loop
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    measured: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stop
+
+    signal.signal(signal.SIGALRM, stop)
+
+    def drive() -> None:
+        time.sleep(0.5)  # until it listens
+        measured.append(load(port, connections, size))
+        signal.alarm(1)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    profile = cProfile.Profile()
+    profile.enable()
+    with contextlib.suppress(Stop):
+        bare_epoll.serve(port)
+    profile.disable()
+    driver.join()
+    return profile, measured[0]
+
+
+def report(label: str, profile: cProfile.Profile, round_trips: int) -> None:
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = sum(entry[1] for entry in stats.values())
+    print(f"== {label}: {round_trips} round trips, {total / round_trips:.2f} calls per echo")
+    for (path, line, function), entry in sorted(stats.items(), key=lambda kv: -kv[1][1])[:12]:
+        print(f"   {entry[1] / round_trips:6.2f}/echo  {function}  ({Path(path).name}:{line})")
+
+
+def main() -> int:
+    connections, size = int(sys.argv[1]), int(sys.argv[2])
+    report("selectors", *profile_model("selectors", connections, size))
+    report("bare epoll loop", *profile_floor(connections, size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
