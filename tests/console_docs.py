@@ -27,8 +27,8 @@ The convention (stated at the top of each tutorial and lab sheet):
   exception: a server's ready line is written by its main thread while the
   model's thread starts and traces, so it is matched wherever it landed.
 * A command must exit 0, unless its shown output has an error line
-  (``sockecho: error:``, the examples' ``error en el socket:``, or a Python
-  traceback).
+  (``sockecho: error:``, the examples' ``error en el socket:``, a Python
+  traceback, or the summary of a ``sockecho check`` run with failed cases).
 * A background job that ends by itself shows it as bash does, with the line
   ``[N]+  Done    COMMAND`` under the command that ended it: the test waits
   for job N (the block's N-th ``&`` command) to exit, with status 0.
@@ -52,6 +52,8 @@ from tests.conftest import REPO, WAIT, require_tool
 #: The port the documents show; the test substitutes a real one (see the module docstring).
 DOC_PORT = "50010"
 ERROR_PREFIXES = ("sockecho: error:", "error en el socket:", "Traceback (most recent call last):")
+#: The summary of a ``sockecho check`` run with failed cases: it exits 1.
+CHECK_FAILED = re.compile(r"\d+ cases?, \d+ passed, [1-9]\d* failed.*")
 READY_PREFIX = "listening on tcp://"
 #: The shell's notice that background job N ended by itself with status 0.
 JOB_DONE = re.compile(r"\[(\d+)\][+-]?\s+Done\s+(.+)")
@@ -303,7 +305,10 @@ def run_block(block: Block, env: dict[str, str], timeout: float = WAIT) -> None:
             )
             stdout = done.stdout.decode(errors="replace")
             stderr = done.stderr.decode(errors="replace")
-            expect_error = any(line.startswith(ERROR_PREFIXES) for line in command.shown)
+            expect_error = any(
+                line.startswith(ERROR_PREFIXES) or CHECK_FAILED.fullmatch(line)
+                for line in command.shown
+            )
             assert (done.returncode != 0) == expect_error, (
                 f"{block}: {text!r} exited {done.returncode}\n{stdout}\n{stderr}"
             )
