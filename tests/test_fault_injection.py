@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 import logging
 import math
 import random
@@ -17,6 +18,7 @@ import statistics
 import struct
 import threading
 import time
+from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
@@ -304,3 +306,14 @@ def test_asyncio_on_uvloop_obeys_the_faults_too() -> None:
         assert len(stats.rtts) == 2
         assert all(0.08 <= rtt < 1.0 for rtt in stats.rtts), stats.rtts  # held, never early
         assert srv.stats.wait_for(lambda s: s.faults.get("reset-after") == 1, WAIT)
+
+
+def test_bench_sees_the_bandwidth(fault_model: str, tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    with faulty_server(fault_model, "bandwidth=200") as srv:  # 200 KB/s = 0.2 MB/s
+        argv = ["bench", "--port", str(srv.address[1]), "-c", "1", "-s", "10000"]
+        argv += ["-d", "1", "--warmup", "0.2", "--json", str(report), "-q"]
+        assert main(argv) == 0
+    result = json.loads(report.read_text())
+    assert result["error_count"] == 0
+    assert 0.16 <= result["mb_per_s"] <= 0.24, result["mb_per_s"]
