@@ -60,6 +60,24 @@ def server(model: str) -> Iterator[Server]:
         yield srv
 
 
+@pytest.fixture
+def server_log() -> Iterator[list[str]]:
+    """The server's log lines (the CLI may have stopped propagation to the root logger)."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("sockecho.server")
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 def connect(address: tuple[str, int], timeout: float = WAIT) -> socket.socket:
     sock = socket.create_connection(address, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

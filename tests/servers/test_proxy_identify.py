@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import ssl
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,23 +18,6 @@ from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly
 from tests.servers.test_tls import Certificates, certs, tls_config  # noqa: F401 (fixture)
 
 CLIENT = ("203.0.113.7", 40000)
-
-
-@pytest.fixture
-def server_log() -> Iterator[list[str]]:
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("sockecho.server")
-    handler, level = Collect(logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def config(model: str, **settings: Any) -> ServerConfig:

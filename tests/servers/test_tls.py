@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import socket
 import ssl
@@ -71,24 +70,6 @@ def tls_server(model: str, certs: Certificates) -> Iterator[Server]:
 @pytest.fixture
 def context(certs: Certificates) -> ssl.SSLContext:
     return client_context(ClientTLSConfig(ca_file=str(certs.ca)))
-
-
-@pytest.fixture
-def server_log() -> Iterator[list[str]]:
-    """The server's log lines (the CLI may have stopped propagation to the root logger)."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("sockecho.server")
-    handler, level = Collect(logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def tls_connect(address: tuple[str, int], context: ssl.SSLContext) -> ssl.SSLSocket:
