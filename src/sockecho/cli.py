@@ -74,6 +74,10 @@ examples:
   sockecho serve --udp                    UDP echo too, on the same port number
   sockecho serve --tls-cert cert.pem --tls-key key.pem
                                           echo over TLS ("listening on tls://...")
+  sockecho serve --fault latency=100:20 --fault reset-after=10000
+                                          every echo 80-120 ms late, a reset after 10 kB
+  sockecho serve --udp --fault drop=0.1 --seed 1
+                                          lose a tenth of the UDP echoes, repeatably
 
 When a listener is ready, one line goes to stderr: "listening on tcp://HOST:PORT"
 (IPv6 hosts in brackets), one per address of HOST; with --tls-cert they say
