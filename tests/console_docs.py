@@ -9,7 +9,8 @@ The convention (stated at the top of each tutorial and lab sheet):
   then gets Ctrl-C (SIGINT) and must exit 0 (or have ended by itself with 0).
   A background **server** prints a ready line ``listening on tcp://HOST:PORT``
   (its shown output has one). The documents use port 50010: the test starts
-  background servers with port 0 instead, and writes the real port in place of
+  background servers on a port the kernel picks and no socket uses yet, in any
+  state (``unused_port``), and writes the real port in place of
   50010 in the block's later commands. Any other background command (a client
   left running) is ready when its last shown line appears. In a block without
   a server, 50010 becomes a port where nothing listens. sockecho and example
@@ -245,6 +246,36 @@ class Background:
         return [Stream(name, "\n".join(list(lines))) for name, lines in self.output.items()]
 
 
+def unused_port() -> str:
+    """A port that no TCP socket on this machine uses, in any state, for a block's server.
+
+    The kernel picks it (as port 0 would), and it is taken only if neither end of any
+    socket in /proc/net/tcp and tcp6 has that number, TIME_WAIT included: a listing of
+    ``ss ... sport = :PORT`` then shows the block's own connections, not those a
+    server of an earlier test left behind on a port that came around again.
+    """
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in tcp_ports_in_use():
+            return str(port)
+    raise AssertionError("no TCP port free of old connections in 100 tries")
+
+
+def tcp_ports_in_use() -> set[int]:
+    """Every port number at either end of a TCP socket of this network namespace."""
+    used: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)  # the header
+            for row in rows:
+                local, remote = row.split()[1:3]
+                used.add(int(local.rsplit(":", 1)[1], 16))
+                used.add(int(remote.rsplit(":", 1)[1], 16))
+    return used
+
+
 def closed_port() -> str:
     """A port on 127.0.0.1 where nothing listens (bound for a moment, never listening)."""
     with socket.socket() as probe:
@@ -285,7 +316,7 @@ def run_block(block: Block, env: dict[str, str], timeout: float = WAIT) -> None:
             if command.background:
                 text = text.removesuffix(" &")
                 if command.is_server:
-                    started = Background(text.replace(DOC_PORT, "0"), env, None)
+                    started = Background(text.replace(DOC_PORT, unused_port()), env, None)
                     port = started.port
                 else:
                     last = [line for line in command.shown if not is_cut(line)][-1]
