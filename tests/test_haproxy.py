@@ -98,6 +98,12 @@ global
 defaults
     mode tcp
     timeout connect 2s
+    # A check may take this long once connected (without it, haproxy allows one `inter`,
+    # 200 ms, for the PROXY header, the TLS handshake and the echo together: on a busy
+    # machine two slow checks in a row would take a healthy instance out of the round robin
+    # the tests count on). A stopped instance still fails its check at once: its connect is
+    # refused.
+    timeout check 5s
     timeout client 30s
     timeout server 30s
     retries 3
