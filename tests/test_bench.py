@@ -103,15 +103,19 @@ def test_udp_bench_against_the_sockecho_udp_echo(model: str) -> None:
 
 
 def test_udp_bench_shows_the_servers_reflection_limit_as_loss() -> None:
+    # A timeout long enough that every reply the server sends is counted, however late a
+    # busy machine makes it: then the client's count is the server's.
     with Server(model="asyncio", port=0, udp=True, udp_rate=100, udp_burst=10) as srv:
         spec = short_run(
-            srv.address[1], udp=True, size=64, rate=1000, duration=0.5, warmup=0, timeout=0.1
+            srv.address[1], udp=True, size=64, rate=1000, duration=0.5, warmup=0, timeout=2.0
         )
         result = run_bench(spec)
     assert result.errors == {}
     assert result.round_trips + result.lost == pytest.approx(500, abs=5)
-    # 100 replies/s after a burst of 10: about 60 of 500 come back, the rest are lost.
-    assert 30 <= result.round_trips <= 120
+    assert result.round_trips == srv.snapshot().datagrams_echoed
+    # 100 replies/s after a burst of 10: about 60 of 500 come back, the rest are lost. The
+    # burst always does; a server the machine held up replies less (its bucket holds 10).
+    assert 10 <= result.round_trips <= 120
     assert result.loss > 0.7
 
 

@@ -34,8 +34,13 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
 #: The address the test clients connect from: not haproxy's, so the instances' logs can tell.
 CLIENT_HOST = "127.0.0.2"
-#: haproxy's health check period (ms): short, so that a stopped instance is noticed quickly.
+#: haproxy's health check period (ms) while a server is unchecked, failing or down: short, so
+#: that a stopped instance is out of the rotation soon after its first failed check.
 CHECK_INTERVAL_MS = 200
+#: The period (ms) once a server is up. haproxy also uses it as each check's connect timeout,
+#: and with TLS that includes the handshake: at 200 ms a busy machine failed two checks in a
+#: row and took a healthy instance out of the round robin the tests count on.
+CHECK_UP_INTERVAL_MS = 2000
 
 
 def free_port() -> int:
@@ -87,7 +92,8 @@ class Haproxy:
 def haproxy_config(port: int, stats: Path, backends: dict[str, int], send_proxy: str) -> str:
     servers = "\n".join(
         f"    server {name} 127.0.0.1:{backend} {send_proxy} check check-send-proxy "
-        f"inter {CHECK_INTERVAL_MS}ms fall 2 rise 1"
+        f"inter {CHECK_UP_INTERVAL_MS}ms fastinter {CHECK_INTERVAL_MS}ms "
+        f"downinter {CHECK_INTERVAL_MS}ms fall 2 rise 1"
         for name, backend in backends.items()
     )
     return f"""\
@@ -98,6 +104,9 @@ global
 defaults
     mode tcp
     timeout connect 2s
+    # A check may take this long to read its echo once connected (without it, the whole
+    # check, connect and TLS handshake included, must fit in one `inter`).
+    timeout check 5s
     timeout client 30s
     timeout server 30s
     retries 3

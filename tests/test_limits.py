@@ -45,8 +45,8 @@ def idle_server(model: str) -> Iterator[Server]:
 
 def test_silent_client_is_closed_after_the_idle_timeout_and_counted(idle_server: Server) -> None:
     with connect(idle_server.address) as sock:
+        quiet_since = time.monotonic()  # before the server's last activity (reading the ping)
         assert echo_once(sock) == b"ping"
-        quiet_since = time.monotonic()
         assert closed_by_server(sock)
         waited = time.monotonic() - quiet_since
     assert idle_server.stats.wait_for(lambda s: s.idle_closed == 1, WAIT)

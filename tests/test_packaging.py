@@ -55,11 +55,16 @@ def test_the_wheel_installs_in_a_fresh_venv_and_every_entry_point_runs(tmp_path:
     assert {"sockecho/py.typed", "sockecho/__main__.py", "pytest_sockecho.py"} <= names
     assert "sockecho = sockecho.cli:main" in entry_points
     assert "[pytest11]\nsockecho = pytest_sockecho" in entry_points
+    assert f"sockecho-{version}.dist-info/licenses/LICENSE" in names  # pyproject's MIT, shipped
     with tarfile.open(sdist) as archive:
         members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    assert {"CHANGELOG.md", "tests/conftest.py", "docs/pytest.md", "src/sockecho/py.typed"} <= (
-        members
-    )
+    assert {
+        "LICENSE",
+        "CHANGELOG.md",
+        "tests/conftest.py",
+        "docs/pytest.md",
+        "src/sockecho/py.typed",
+    } <= members
 
     # A venv of its own (no system site-packages), filled by this venv's pip: ensurepip would
     # add a pip the test does not need, and takes most of a minute on a busy machine.

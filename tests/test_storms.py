@@ -2,10 +2,14 @@
 
 The server runs in a child process (``sockecho serve``), so that its 1000 descriptors and the
 test's 1000 do not share one table (the ``select`` model cannot watch descriptors >= 1024).
-The bounds are generous (a loaded CI machine); the precise figures are the benchmark's
-(docs/PERFORMANCE.md). What they catch is a listen queue too short for a burst: the kernel then
-drops a SYN and the client retransmits it one second later, so a single dropped SYN already
-breaks the bound.
+The tests catch a listen queue too short for a burst: the kernel then drops a SYN and the
+client retransmits it one second later. They read that from each client socket's own count of
+retransmitted segments (``TCP_INFO``), not from the clock: on loopback a segment is only
+retransmitted when a queue dropped it, and a busy CI machine makes the clients late, which a
+time bound cannot tell from a lost SYN.
+How fast a storm is served is the benchmark's figure (``benchmarks/connect_storm.py``,
+docs/models.md), not a test's: timed against 1 s with a load average near 100 on 2 CPUs, the
+slowest first echo took 2.1 s.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import errno
 import resource
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -25,10 +30,16 @@ from tests.conftest import CONCURRENT_MODELS, WAIT, ServeProcess
 
 #: Clients in a burst: eight times the old default backlog of 128.
 BURST = 1000
-#: Seconds 1000 sequential connects may take. With a listen queue of 128 they took 2-7 s
-#: (each SYN dropped on a full queue waits 1 s for its retransmission); with SOMAXCONN
-#: 0.02 s on a quiet machine and 0.2-0.5 s on one with a load average of 10.
-SEQUENTIAL_CONNECTS_BOUND = 1.0
+#: Where ``struct tcp_info`` (linux/tcp.h) holds ``tcpi_total_retrans``, the segments this
+#: socket has retransmitted over its life, a retransmitted SYN included.
+TCPI_TOTAL_RETRANS = struct.Struct("=I")
+TCPI_TOTAL_RETRANS_OFFSET = 100
+
+
+def retransmitted(sock: socket.socket) -> int:
+    """Segments the kernel retransmitted for this client socket (0 unless one was lost)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_TOTAL_RETRANS_OFFSET + 4)
+    return int(TCPI_TOTAL_RETRANS.unpack_from(info, TCPI_TOTAL_RETRANS_OFFSET)[0])
 
 
 @pytest.fixture(autouse=True)
@@ -44,9 +55,11 @@ def _room_for_a_burst() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("model", CONCURRENT_MODELS)
-def test_a_thousand_sequential_connects_finish_within_a_second(
+def test_a_thousand_sequential_connects_never_lose_a_syn(
     model: str, serve_process: type[ServeProcess]
 ) -> None:
+    """With a listen queue of 128 they took 2-7 s: each SYN dropped on a full queue waits 1 s
+    for its retransmission (docs/models.md, "Connection storms")."""
     server = serve_process("--model", model, "--port", "0", "-q")
     held: list[socket.socket] = []
     try:
@@ -57,26 +70,27 @@ def test_a_thousand_sequential_connects_finish_within_a_second(
             sock.settimeout(10.0)
             sock.connect(server.address)
         took = time.monotonic() - started
+        lost = [n for n in map(retransmitted, held) if n]
     finally:
         for sock in held:
             sock.close()
-    assert took < SEQUENTIAL_CONNECTS_BOUND, f"{BURST} connects took {took:.2f} s"
+    assert lost == [], f"{len(lost)} of {BURST} connects retransmitted (in {took:.2f} s)"
 
 
-#: Clients in a connection storm, and the seconds each may wait for its first echo.
+#: Clients in a connection storm.
 STORM_CLIENTS = 1000
-FIRST_ECHO_BOUND = 1.0
 #: Seconds a storm may take at most before the clients still waiting count as failed.
 STORM_TIMEOUT = 30.0
 #: Bytes each storm client sends per echo.
 STORM_MESSAGE = bytes(range(64))
 
 
-def storm(port: int, clients: int, timeout: float) -> tuple[list[float], int]:
+def storm(port: int, clients: int, timeout: float) -> tuple[list[float], int, int]:
     """``clients`` connect at once; each sends as soon as it is connected and again after
     every echo (so the served ones keep the server busy while the rest wait). Returns each
-    client's seconds from the start of its connect to its first complete echo, and how many
-    failed or never got one within ``timeout``."""
+    client's seconds from the start of its connect to its first complete echo, how many
+    failed or never got one within ``timeout``, and how many retransmitted a segment (a SYN
+    dropped on a full listen queue)."""
     selector = selectors.DefaultSelector()
     started: dict[socket.socket, float] = {}
     received: dict[socket.socket, int] = {}
@@ -121,14 +135,15 @@ def storm(port: int, clients: int, timeout: float) -> tuple[list[float], int]:
                     failed += 1
                     started.pop(sock, None)
                     selector.unregister(sock)
+        lost = sum(1 for sock in opened if retransmitted(sock))
     finally:
         selector.close()
         for sock in opened:
             sock.close()
-    return first_echo, failed + len(started)
+    return first_echo, failed + len(started), lost
 
 
-def storm_against(argv: list[str], timeout: float) -> tuple[list[float], int]:
+def storm_against(argv: list[str], timeout: float) -> tuple[list[float], int, int]:
     server = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stderr is not None
@@ -152,8 +167,9 @@ EVENT_LOOP_MODELS = [model for model in CONCURRENT_MODELS if model != "threading
 
 
 @pytest.mark.parametrize("model", EVENT_LOOP_MODELS)
-def test_in_a_storm_every_client_gets_its_first_echo_within_a_second(model: str) -> None:
-    first_echo, failed = storm_against(sockecho_serve(model), STORM_TIMEOUT)
-    assert failed == 0
+def test_in_a_storm_every_client_connects_at_the_first_try_and_gets_its_echo(model: str) -> None:
+    first_echo, failed, lost = storm_against(sockecho_serve(model), STORM_TIMEOUT)
+    slowest = f"slowest first echo {max(first_echo, default=0):.2f} s"
+    assert failed == 0, slowest
     assert len(first_echo) == STORM_CLIENTS
-    assert max(first_echo) < FIRST_ECHO_BOUND, f"slowest first echo {max(first_echo):.2f} s"
+    assert lost == 0, f"{lost} of {STORM_CLIENTS} clients retransmitted; {slowest}"

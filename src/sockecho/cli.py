@@ -447,16 +447,9 @@ def run_serve(args: argparse.Namespace) -> int:
     # in the middle of a write to stderr or hold a lock.
     with StopSignals(STOP_SIGNALS) as stop_signals:
         for endpoint in server.start():
-            # One write, not print()'s two: the serving thread (its log, --trace) writes to
-            # stderr too, and must not land between the line and its newline. A reader that
-            # went away (``2>&1 | head -3``) takes the output with it, not the server.
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
-                sys.stderr.flush()
+            say(READY_LINE.format(endpoint=endpoint))
         if server.metrics_url is not None:
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.write(f"metrics on {server.metrics_url}\n")
-                sys.stderr.flush()
+            say(f"metrics on {server.metrics_url}")
 
         def report_end() -> None:
             server.stopped.wait()
@@ -468,15 +461,37 @@ def run_serve(args: argparse.Namespace) -> int:
             log.info(_("%s: stopping"), name, extra=logs.event("stopping", signal=name))
             server.request_stop()  # a second signal makes it stop at once (no drain)
         server.join()
-    snapshot = server.snapshot()
+    log_stopped(server.snapshot())
+    return ExitCode.OK
+
+
+def say(line: str) -> None:
+    """One line to stderr (the ready line, a warning) in one write, not print()'s two: the
+    serving thread (its log, --trace) writes to stderr too, and must not land between the line
+    and its newline. A reader that went away (``2>&1 | head -3``) takes the output with it, not
+    the server."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def log_stopped(snapshot: StatsSnapshot, workers: int | None = None) -> None:
+    """The stop line, with the totals as fields of the JSON log."""
     totals = {
         "connections": snapshot.connections_accepted,
         "bytes": snapshot.bytes_echoed,
         "rejected": snapshot.connections_rejected,
         "datagrams": snapshot.datagrams_echoed,
     }
-    log.info(_("stopped: %s"), summarize(snapshot), extra=logs.event("stop", **totals))
-    return ExitCode.OK
+    if workers is None:
+        log.info(_("stopped: %s"), summarize(snapshot), extra=logs.event("stop", **totals))
+    else:
+        log.info(
+            _("stopped: %s (%d workers)"),
+            summarize(snapshot),
+            workers,
+            extra=logs.event("stop", **totals, workers=workers),
+        )
 
 
 def summarize(snapshot: StatsSnapshot) -> str:
@@ -568,9 +583,7 @@ def run_send(args: argparse.Namespace) -> int:
 
 def print_identity(identity: dict[str, Any]) -> None:
     """``send --identify``: the server's identity line, as it came, on stderr."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(json.dumps(identity, ensure_ascii=False) + "\n")
-        sys.stderr.flush()
+    say(json.dumps(identity, ensure_ascii=False))
 
 
 # --- sockecho check -------------------------------------------------------------------
@@ -716,9 +729,7 @@ def run_flaw(args: argparse.Namespace) -> int:
     from sockecho.net import endpoint_url  # noqa: PLC0415
 
     flaw = FLAWS[args.flaw]
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(f"warning: --flaw {flaw.name} serves a deliberately broken echo\n")
-        sys.stderr.flush()
+    say(f"warning: --flaw {flaw.name} serves a deliberately broken echo")
     sock = flaw.open_socket(args.host, args.port)  # BindError: one line, exit 1
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -728,10 +739,7 @@ def run_flaw(args: argparse.Namespace) -> int:
 
     previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
     try:
-        with contextlib.suppress(OSError, ValueError):
-            scheme = "udp" if flaw.udp else "tcp"
-            sys.stderr.write(READY_LINE.format(endpoint=endpoint_url(scheme, sock)) + "\n")
-            sys.stderr.flush()
+        say(READY_LINE.format(endpoint=endpoint_url("udp" if flaw.udp else "tcp", sock)))
         flaw.serve(sock)
         log.info("the flawed server stopped by itself")
     except KeyboardInterrupt:
@@ -817,29 +825,14 @@ def run_workers(args: argparse.Namespace, config: ServerConfig) -> int:
 
     def print_ready(endpoints: list[str]) -> None:
         for endpoint in endpoints:
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.write(READY_LINE.format(endpoint=endpoint) + "\n")
-                sys.stderr.flush()
+            say(READY_LINE.format(endpoint=endpoint))
 
     root = logging.getLogger("sockecho")
     prepare = functools.partial(
         configure_worker_logging, root.level, getattr(args, "log_format", "text")
     )
     supervisor = workers.Supervisor(config, args.workers, prepare=prepare, on_ready=print_ready)
-    snapshot = supervisor.run()
-    totals = {
-        "connections": snapshot.connections_accepted,
-        "bytes": snapshot.bytes_echoed,
-        "rejected": snapshot.connections_rejected,
-        "datagrams": snapshot.datagrams_echoed,
-        "workers": args.workers,
-    }
-    log.info(
-        "stopped: %s (%d workers)",
-        summarize(snapshot),
-        args.workers,
-        extra=logs.event("stop", **totals),
-    )
+    log_stopped(supervisor.run(), workers=args.workers)
     return ExitCode.OK
 
 

@@ -149,20 +149,34 @@ def open_listeners(
     """
 
     def listen_on(sock: socket.socket, sockaddr: SockAddr, first: socket.socket) -> None:
-        # Restart at once on the same port although old connections sit in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        address = sockaddr
-        if port == 0 and sock is not first:
-            address = (sockaddr[0], first.getsockname()[1], *sockaddr[2:])
+        address = _bind_stream(sock, sockaddr, first, port == 0, reuse_port)
         try:
-            sock.bind(address)
             sock.listen(backlog)
         except OSError as exc:
             raise bind_error(exc, str(address[0]), int(address[1])) from None
 
     return _open_each(host, port, socket.SOCK_STREAM, socket_class, listen_on)
+
+
+def _bind_stream(
+    sock: socket.socket, sockaddr: SockAddr, first: socket.socket, picked: bool, reuse_port: bool
+) -> SockAddr:
+    """bind() a TCP socket for ``listen_on`` and ``reserve_port``; returns the address used.
+
+    SO_REUSEADDR restarts at once on a port whose old connections sit in TIME_WAIT. With a
+    ``picked`` port (0) every address after the first takes the number the first one got.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    address = sockaddr
+    if picked and sock is not first:
+        address = (sockaddr[0], first.getsockname()[1], *sockaddr[2:])
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        raise bind_error(exc, str(address[0]), int(address[1])) from None
+    return address
 
 
 #: The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); recvfrom() asks
@@ -206,15 +220,7 @@ def reserve_port(host: str, port: int) -> list[socket.socket]:
     """
 
     def bind_to(sock: socket.socket, sockaddr: SockAddr, first: socket.socket) -> None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        address = sockaddr
-        if port == 0 and sock is not first:
-            address = (sockaddr[0], first.getsockname()[1], *sockaddr[2:])
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise bind_error(exc, str(address[0]), int(address[1])) from None
+        _bind_stream(sock, sockaddr, first, port == 0, reuse_port=True)
 
     return _open_each(host, port, socket.SOCK_STREAM, socket.socket, bind_to)
 

@@ -302,15 +302,18 @@ def print_comparison(results: list[tuple[str, BenchResult]], console: Console) -
         *(f"{r.rate:,.0f}" + ("" if r is base else ratio(r.rate, base.rate)) for _, r in results),
     )
     table.add_row("MB/s", *(f"{r.megabytes_per_second:,.2f}" for _, r in results))
+    # Once per run: latency() walks the whole histogram in Python (its mean and stdev), about
+    # 0.2 s of CPU for a run with a 250 ms outlier. Once per cell (16 times for two runs), a
+    # compare in the tests ran past pytest's 60 s timeout on a busy machine.
+    latencies = [r.latency() for _, r in results]
     for p in PERCENTILES:
         key = percentile_key(p)
-        reference = base.latency()[key]
+        reference = latencies[0][key]
         table.add_row(
             f"latency {key}",
             *(
-                format_us(r.latency()[key])
-                + ("" if r is base else ratio(r.latency()[key], reference))
-                for _, r in results
+                format_us(figures[key]) + ("" if index == 0 else ratio(figures[key], reference))
+                for index, figures in enumerate(latencies)
             ),
         )
     table.add_row("errors", *(f"{r.error_count:,}" for _, r in results))
