@@ -194,8 +194,6 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         args.processes = min(usable_cpus(), args.connections)
     if args.udp and (args.proxy or args.identify):
         parser.error("--proxy and --identify apply to TCP connections")
-    if args.tls and args.proxy:
-        parser.error("--proxy cannot be combined with --tls yet")
     if args.processes > args.connections:
         parser.error("--processes cannot exceed --connections (each process needs one)")
     if args.loop == "uvloop":

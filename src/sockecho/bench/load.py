@@ -42,7 +42,7 @@ import struct
 import time
 from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from hdrh.histogram import HdrHistogram
 
@@ -185,6 +185,15 @@ class Run:
             self.progress[self.progress_slot + 1] = sum(self.tally.errors.values())
 
 
+def proxy_header(version: str, local: tuple[Any, ...], remote: tuple[Any, ...]) -> bytes:
+    """A PROXY header naming this connection's own addresses (the client, then the server)."""
+    return encode_proxy(
+        cast(ProxyVersion, version),
+        (str(local[0]), int(local[1])),
+        (str(remote[0]), int(remote[1])),
+    )
+
+
 def client_ssl_context(spec: LoadSpec) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=spec.cafile)
     if not spec.tls_verify:
@@ -281,16 +290,7 @@ class TcpChannel(Channel, asyncio.BufferedProtocol):
             self.instance = None
             self.preamble.clear()
             try:
-                await asyncio.wait_for(
-                    run.loop.create_connection(
-                        lambda: self,
-                        spec.host,
-                        spec.port,
-                        ssl=run.ssl_context,
-                        server_hostname=(spec.server_name or spec.host) if spec.tls else None,
-                    ),
-                    spec.timeout,
-                )
+                await asyncio.wait_for(self.connect(), spec.timeout)
                 return
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 self.failure = error_kind(exc)
@@ -298,6 +298,49 @@ class TcpChannel(Channel, asyncio.BufferedProtocol):
                 if not retry:
                     return
                 await asyncio.sleep(RECONNECT_BACKOFF)
+
+    async def connect(self) -> None:
+        run, spec = self.run, self.run.spec
+        server_hostname = (spec.server_name or spec.host) if spec.tls else None
+        if spec.proxy is None or not spec.tls:
+            await run.loop.create_connection(
+                lambda: self, spec.host, spec.port, ssl=run.ssl_context,
+                server_hostname=server_hostname,
+            )  # fmt: skip
+            return
+        # PROXY over TLS: the header goes in the clear, before the handshake (as haproxy's
+        # send-proxy does), so connect, send it, then start TLS on the same socket.
+        sock = await self.connect_socket()
+        try:
+            header = proxy_header(spec.proxy, sock.getsockname(), sock.getpeername())
+            await run.loop.sock_sendall(sock, header)
+            await run.loop.create_connection(
+                lambda: self, sock=sock, ssl=run.ssl_context, server_hostname=server_hostname
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+    async def connect_socket(self) -> socket.socket:
+        """A connected non-blocking TCP socket to the first address of the target that answers."""
+        loop, spec = self.run.loop, self.run.spec
+        failure: OSError = ConnectionRefusedError(f"no address for {spec.host}")
+        for family, kind, proto, _, address in await loop.getaddrinfo(
+            spec.host, spec.port, type=socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise failure
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -308,18 +351,12 @@ class TcpChannel(Channel, asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         proxy = self.run.spec.proxy
-        if proxy is not None:  # the header goes first, with this connection's real addresses
+        if proxy is not None and not self.run.spec.tls:  # first, with the real addresses
             local, remote = (
                 transport.get_extra_info("sockname"),
                 transport.get_extra_info("peername"),
             )
-            self.transport.write(
-                encode_proxy(
-                    cast(ProxyVersion, proxy),
-                    (str(local[0]), int(local[1])),
-                    (str(remote[0]), int(remote[1])),
-                )
-            )
+            self.transport.write(proxy_header(proxy, local, remote))
 
     def start(self) -> None:
         if self.run.spec.rate:
