@@ -12,7 +12,7 @@ hurts them all alike. After an unmeasured warm-up run, the figure is the
 round trips the client verified. The best of the repetitions is kept.
 
 It also measures idle memory per connection (RSS growth with 1000 idle
-connections) and whether ``sockecho bench --processes 2`` keeps up with the C
+connections) and whether ``sockecho bench`` (each engine) keeps up with the C
 client. Results: a markdown table, a JSON document and a chart in --out.
 """
 
@@ -241,11 +241,26 @@ def idle_memory(server: ServerProcess) -> float:
     return round((grown - base) / IDLE_CONNECTIONS, 2)
 
 
-def bench_run(port: int, scenario: Scenario, duration: float, loop: str) -> dict[str, Any]:
-    """``sockecho bench --processes 2`` against ``port``: its JSON document (stdout)."""
+#: The load generator check's variants of ``sockecho bench``: name -> (--loop, --engine).
+GENERATOR_VARIANTS = {
+    "epoll": ("asyncio", "epoll"),
+    "asyncio": ("asyncio", "asyncio"),
+    "uvloop": ("uvloop", "asyncio"),
+}
+#: The scenarios the load generator is checked in (bench runs min(2, connections) processes).
+GENERATOR_SCENARIOS = ("50x1KiB", "1x64B")
+
+
+def bench_run(
+    port: int, scenario: Scenario, duration: float, loop: str, engine: str = "auto"
+) -> dict[str, Any]:
+    """``sockecho bench`` (2 processes, or 1 for one connection) against ``port``: its JSON
+    document (stdout)."""
     argv = [sys.executable, "-m", "sockecho", "bench", "--port", str(port), "--loop", loop]
+    argv += ["--engine", engine]
     argv += ["-c", str(scenario.connections), "-s", str(scenario.size), "-d", f"{duration:g}"]
-    argv += ["--warmup", "0.5", "-p", "2", "-q", "--json", "/dev/stdout"]
+    argv += ["--warmup", "0.5", "-p", str(min(2, scenario.connections)), "-q"]
+    argv += ["--json", "/dev/stdout"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, check=False)
     if done.returncode != 0 or "{" not in done.stdout:
         return {"round_trips_per_s": 0.0, "error_count": -1, "client": {}}
@@ -254,48 +269,85 @@ def bench_run(port: int, scenario: Scenario, duration: float, loop: str) -> dict
 
 
 def generator_check(c_server: ServerProcess, duration: float, repetitions: int) -> dict[str, Any]:
-    """sockecho bench --processes 2 against the C server next to the C client, interleaved,
-    best of the repetitions each (the machine is shared: noise only ever slows a run down):
-    round trips/s, and each one's own CPU per round trip (the C client's getrusage, bench's
-    own report)."""
-    scenario = SCENARIOS[0]
-    loops = ["asyncio"]
-    with contextlib.suppress(ImportError):
+    """sockecho bench (each engine, and uvloop when installed) against the C server next to
+    the C client, interleaved, best of the repetitions each (the machine is shared: noise only
+    ever slows a run down): round trips/s, and each one's own CPU per round trip (the C
+    client's getrusage, bench's own report), per scenario of GENERATOR_SCENARIOS."""
+    variants = dict(GENERATOR_VARIANTS)
+    try:
         import uvloop  # noqa: F401, PLC0415
-
-        loops.append("uvloop")
-    best: dict[str, float] = {}
-    cpu: dict[str, float] = {}
+    except ImportError:
+        del variants["uvloop"]
     errors = saturated = 0
-    for _ in range(repetitions):
-        c_client = run_client(c_server.port, scenario, duration)
-        rts = c_client["round_trips"]
-        best["c_client"] = max(best.get("c_client", 0.0), rts / c_client["elapsed_s"])
-        if rts and "cpu_s" in c_client:
-            cpu["c_client"] = min(cpu.get("c_client", 1e9), c_client["cpu_s"] / rts * 1e6)
-        for loop in loops:
-            run = bench_run(c_server.port, scenario, duration, loop)
-            best[loop] = max(best.get(loop, 0.0), float(run["round_trips_per_s"]))
-            errors += max(int(run["error_count"]), 0)
-            if run["client"].get("cpu_us_per_rt"):
-                cpu[loop] = min(cpu.get(loop, 1e9), float(run["client"]["cpu_us_per_rt"]))
-            saturated += int(run["client"].get("saturated", 0))
-    c_rate = best["c_client"]
-    c_cpu = cpu.get("c_client")
+    scenarios: dict[str, Any] = {}
+    for scenario in (s for s in SCENARIOS if s.name in GENERATOR_SCENARIOS):
+        best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for _ in range(repetitions):
+            c_client = run_client(c_server.port, scenario, duration)
+            rts = c_client["round_trips"]
+            best["c_client"] = max(best.get("c_client", 0.0), rts / c_client["elapsed_s"])
+            if rts and "cpu_s" in c_client:
+                cpu["c_client"] = min(cpu.get("c_client", 1e9), c_client["cpu_s"] / rts * 1e6)
+            for name, (loop, engine) in variants.items():
+                run = bench_run(c_server.port, scenario, duration, loop, engine)
+                best[name] = max(best.get(name, 0.0), float(run["round_trips_per_s"]))
+                errors += max(int(run["error_count"]), 0)
+                if run["client"].get("cpu_us_per_rt"):
+                    cpu[name] = min(cpu.get(name, 1e9), float(run["client"]["cpu_us_per_rt"]))
+                saturated += int(run["client"].get("saturated", 0))
+        c_rate, c_cpu = best["c_client"], cpu.get("c_client")
+        scenarios[scenario.name] = {
+            "processes": min(2, scenario.connections),
+            "c_client_rate": round(c_rate, 1),
+            "c_client_cpu_us_per_rt": round(c_cpu, 3) if c_cpu else None,
+            "bench_rate": {name: round(best.get(name, 0.0), 1) for name in variants},
+            "rate_ratio": {
+                name: round(best.get(name, 0.0) / c_rate, 3) if c_rate else None
+                for name in variants
+            },
+            "bench_cpu_us_per_rt": {name: round(cpu[name], 3) for name in variants if name in cpu},
+            "bench_cpu_ratio": {
+                name: round(cpu[name] / c_cpu, 3) for name in variants if name in cpu and c_cpu
+            },
+        }
     return {
-        "c_client_rate": round(c_rate, 1),
-        "sockecho_bench_p2_rate": round(best["asyncio"], 1),
-        "ratio": round(best["asyncio"] / c_rate, 3) if c_rate else None,
-        "sockecho_bench_p2_uvloop_rate": round(best.get("uvloop", 0.0), 1),
-        "uvloop_ratio": round(best.get("uvloop", 0.0) / c_rate, 3) if c_rate else None,
+        "scenarios": scenarios,
         "sockecho_bench_errors": errors,
-        "c_client_cpu_us_per_rt": round(c_cpu, 3) if c_cpu else None,
-        "bench_cpu_us_per_rt": {loop: round(value, 3) for loop, value in cpu.items()},
-        "bench_cpu_ratio": {
-            loop: round(value / c_cpu, 3) for loop, value in cpu.items() if c_cpu and loop in loops
-        },
         "saturated_processes": saturated,
     }
+
+
+def variant_label(name: str) -> str:
+    loop, engine = GENERATOR_VARIANTS[name]
+    return f"--engine {engine}" + (f" --loop {loop}" if loop != "asyncio" else "")
+
+
+def generator_markdown(gen: dict[str, Any]) -> list[str]:
+    lines = []
+    for scenario, row in gen.get("scenarios", {}).items():
+        lines += [
+            f"#### Load generator ({scenario} against the C server, "
+            f"`sockecho bench -p {row['processes']}`)",
+            "",
+            "| client | round trips/s | vs C client | own CPU µs / round trip | vs C client |",
+            "|---|---:|---:|---:|---:|",
+            f"| C client | {row['c_client_rate']:,.0f} | 1.00x | "
+            f"{row['c_client_cpu_us_per_rt']} | 1.00x |",
+        ]
+        for name, rate in row["bench_rate"].items():
+            lines.append(
+                f"| `sockecho bench {variant_label(name)}` | {rate:,.0f} | "
+                f"{row['rate_ratio'].get(name)}x | {row['bench_cpu_us_per_rt'].get(name, '-')} | "
+                f"{row['bench_cpu_ratio'].get(name, '-')}x |"
+            )
+        lines.append("")
+    lines += [
+        f"bench errors in these runs: {gen['sockecho_bench_errors']}; saturated bench "
+        f"processes: {gen.get('saturated_processes', 0)}.",
+        "",
+    ]
+    return lines
 
 
 def pinning(workers: int) -> tuple[list[str], list[str], str]:
@@ -455,13 +507,13 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
     gen = report.get("generator")
-    if gen and gen.get("bench_cpu_ratio"):
-        for loop, share in gen["bench_cpu_ratio"].items():
+    for scenario, row in (gen or {}).get("scenarios", {}).items():
+        for name, share in row["bench_cpu_ratio"].items():
             found.append(
                 (
-                    f"`sockecho bench` ({loop}) CPU per round trip "
+                    f"{scenario}: `sockecho bench {variant_label(name)}` CPU per round trip "
                     f"≤ {GENERATOR_TARGET}x the C client's",
-                    f"{gen['bench_cpu_us_per_rt'][loop]} vs {gen['c_client_cpu_us_per_rt']} µs "
+                    f"{row['bench_cpu_us_per_rt'][name]} vs {row['c_client_cpu_us_per_rt']} µs "
                     f"= {share:.2f}x",
                     "met" if share <= GENERATOR_TARGET else "**missed**",
                 )
@@ -513,26 +565,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("workers"):
         lines += workers_markdown(report["workers"])
     if report.get("generator"):
-        gen = report["generator"]
-        lines += [
-            "#### Load generator (50x1KiB against the C server)",
-            "",
-            f"C client {gen['c_client_rate']:,.0f} round trips/s; `sockecho bench -p 2` "
-            f"{gen['sockecho_bench_p2_rate']:,.0f}/s = {gen['ratio']}x; with `--loop uvloop` "
-            f"{gen['sockecho_bench_p2_uvloop_rate']:,.0f}/s = {gen['uvloop_ratio']}x "
-            f"(errors: {gen['sockecho_bench_errors']}).",
-            "",
-            "Own CPU per round trip (the C client's getrusage; bench's `client CPU` line): C "
-            f"client {gen.get('c_client_cpu_us_per_rt')} µs; "
-            + "; ".join(
-                f"`sockecho bench --loop {loop}` {value} µs "
-                f"({gen['bench_cpu_ratio'].get(loop, '-')}x)"
-                for loop, value in gen.get("bench_cpu_us_per_rt", {}).items()
-                if loop != "c_client"
-            )
-            + f". Saturated bench processes in these runs: {gen.get('saturated_processes', 0)}.",
-            "",
-        ]
+        lines += generator_markdown(report["generator"])
     found = targets(report)
     if found:
         lines += ["#### Targets (issue 12) in this run", "", "| target | measured | status |"]

@@ -90,10 +90,10 @@ class Connection(Pacer):
             self.connect_failed(OSError(failure, os.strerror(failure)))  # refused at once
             return
         self.connecting = True
-        engine.by_fd[self.fd] = self
+        engine.by_fd[self.fd] = self.connect_done
         engine.epoll.register(self.fd, select.EPOLLOUT)
 
-    def connect_done(self) -> None:
+    def connect_done(self, events: int) -> None:
         assert self.sock is not None
         failure = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if failure:
@@ -101,6 +101,7 @@ class Connection(Pacer):
             return
         self.connecting = False
         engine = self.engine
+        engine.by_fd[self.fd] = self.readable
         engine.epoll.modify(self.fd, select.EPOLLIN)
         proxy = engine.spec.proxy
         if proxy is not None:  # first, with the real addresses
@@ -131,16 +132,16 @@ class Connection(Pacer):
 
     # -- sending and receiving ------------------------------------------------------------
 
-    def ready(self, events: int) -> None:
-        if self.connecting:
-            self.connect_done()
-            return
-        if events & select.EPOLLOUT and self.outgoing is not None:
+    # Each socket's events go straight to the handler of its state (the engine's ``by_fd``):
+    # connect_done while connecting, readable while only reading, pending while a send waits.
+
+    def pending(self, events: int) -> None:
+        if events & select.EPOLLOUT:
             self.flush()
         if events & READ_EVENTS and self.sock is not None:
-            self.readable()
+            self.readable(events)
 
-    def readable(self) -> None:
+    def readable(self, events: int) -> None:
         assert self.sock is not None
         buffer = self.engine.read_buffer
         try:
@@ -192,6 +193,7 @@ class Connection(Pacer):
             return
         if sent < len(data):
             self.outgoing = memoryview(data)[sent:]
+            self.engine.by_fd[self.fd] = self.pending
             self.engine.epoll.modify(self.fd, select.EPOLLIN | select.EPOLLOUT)
 
     def flush(self) -> None:
@@ -209,6 +211,7 @@ class Connection(Pacer):
             self.outgoing = rest
         else:
             self.outgoing = None
+            self.engine.by_fd[self.fd] = self.readable
             self.engine.epoll.modify(self.fd, select.EPOLLIN)
 
     def check_timeout(self, now: float) -> None:
@@ -240,8 +243,7 @@ class Connection(Pacer):
         self.outgoing = None
         if sock is not None:
             engine = self.engine
-            if engine.by_fd.get(self.fd) is self:
-                del engine.by_fd[self.fd]
+            if engine.by_fd.pop(self.fd, None) is not None:  # registered (still open: ours)
                 engine.epoll.unregister(self.fd)
             sock.close()
 
@@ -265,7 +267,7 @@ class EpollEngine(Measurement):
         if spec.tls or spec.udp or spec.rate or spec.identify or spec.use_uvloop:
             raise ValueError("the epoll engine runs plain TCP closed loops only")
         self.epoll = select.epoll()
-        self.by_fd: dict[int, Connection] = {}
+        self.by_fd: dict[int, Callable[[int], None]] = {}  # descriptor -> event handler
         self.timers: list[tuple[float, int, Callable[[], None]]] = []  # a heap
         self.timer_order = itertools.count()
         self.running = False  # the requests have started (after every first connect)
@@ -328,9 +330,9 @@ class EpollEngine(Measurement):
             if self.cpu_start is None and self.measure_start < wake:
                 wake = self.measure_start
             for fd, events in poll(max(0.0, wake - now)):
-                connection = get(fd)
-                if connection is not None:
-                    connection.ready(events)
+                handler = get(fd)
+                if handler is not None:  # None: closed by an earlier event of this batch
+                    handler(events)
             now = clock()
             if self.cpu_start is None and now >= self.measure_start:
                 # The load's own cost: CPU of this thread (the whole engine) from the moment
