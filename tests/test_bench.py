@@ -564,3 +564,29 @@ def test_engine_epoll_with_what_only_asyncio_runs_is_a_usage_error(
 ) -> None:
     assert main(["bench", "--engine", "epoll", *option]) == 2
     assert "--engine epoll runs plain TCP closed loops: not --" in capsys.readouterr().err
+
+
+def test_benchmarks_run_checks_each_bench_engine_against_the_c_client(tmp_path: Path) -> None:
+    require_tool("gcc")
+    out = tmp_path / "results"
+    argv = [str(REPO / "benchmarks" / "run"), "--quick", "--duration", "0.2", "--warmup", "0.05"]
+    argv += ["--models", "asyncio", "--scenarios", "1x64B", "--no-idle", "--out", str(out)]
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 6,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr
+    generator = json.loads((out / "benchmarks.json").read_text())["generator"]
+    assert set(generator["scenarios"]) == {"50x1KiB", "1x64B"}
+    assert generator["sockecho_bench_errors"] == 0
+    for row in generator["scenarios"].values():
+        assert row["c_client_cpu_us_per_rt"] > 0
+        assert {"epoll", "asyncio"} <= set(row["bench_cpu_us_per_rt"])
+        assert all(rate > 0 for rate in row["bench_rate"].values())
+    table = (out / "benchmarks.md").read_text()
+    assert "| `sockecho bench --engine epoll` |" in table
+    assert "1x64B: `sockecho bench --engine epoll` CPU per round trip ≤ 1.5x" in table
