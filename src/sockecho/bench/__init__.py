@@ -136,7 +136,7 @@ def add_parser(commands: Any) -> None:
         "--engine",
         choices=ENGINES,
         default="auto",
-        help="the load engine: epoll (a bare epoll loop: about half asyncio's CPU per round "
+        help="the load engine: epoll (a bare epoll loop: about 0.6x asyncio's CPU per round "
         "trip; plain TCP closed loops, --proxy too) or asyncio (everything: --tls, --udp, "
         "--rate, --identify, --loop uvloop); auto (default): epoll when it can run the load",
     )
