@@ -420,6 +420,11 @@ def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
     table = (out / "benchmarks.md").read_text()
     assert "| sockecho asyncio |" in table
     assert "vs floor" in table
+    # The storm, small in a smoke run: every client served, ThreadingTCPServer beside the model.
+    assert report["storm_clients"] == 50
+    assert set(report["storm"]) == {"sockecho asyncio", "ThreadingTCPServer"}
+    assert all(row["failed"] == 0 for row in report["storm"].values()), report["storm"]
+    assert "#### Connection storm (50 clients at once" in table
     assert "not rewritten" in done.stdout  # a smoke run never overwrites the recorded run
     assert (out / "benchmarks.png").read_bytes().startswith(PNG_MAGIC)
 
