@@ -5,9 +5,10 @@
 Each repetition starts ``sockecho serve`` from each tree in turn (``PYTHONPATH=TREE``; the
 order alternates), warms up 200 round trips per connection, reads the server's CPU time from
 ``/proc/PID/task/*/schedstat`` (nanoseconds, every thread), runs N round trips of SIZE bytes
-over C connections, reads it again. It prints the min and the median per tree. Run the same
-tree twice (A/A) to see the machine's noise before reading a difference into an A/B. Used for
-docs/PERFORMANCE.md, "Fault injection's cost without faults". Linux only (``/proc``).
+over C connections, reads it again. It prints the min and the median per tree, and the load
+average before and after. Run the same tree twice (A/A: ``src src``) to see the machine's noise
+before reading a difference into an A/B. Used for docs/PERFORMANCE.md, "Fault injection's cost
+without faults" and "asyncio model at 50x1KiB: before/after". Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -74,16 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-s", type=int, default=64, help="bytes per echo (64)")
     parser.add_argument("--reps", type=int, default=6, help="repetitions (6)")
     args = parser.parse_args(argv)
-    results: dict[str, list[float]] = {tree: [] for tree in args.trees}
+    # Keyed by position, not path: an A/A run names the same tree twice.
+    results: list[list[float]] = [[], []]
+    load_before = os.getloadavg()[0]
     for rep in range(args.reps):
-        order = args.trees if rep % 2 == 0 else args.trees[::-1]
-        for tree in order:
-            results[tree].append(measure(tree, args.model, args.n, args.c, args.s))
-    for tree, costs in results.items():
+        for side in (0, 1) if rep % 2 == 0 else (1, 0):
+            results[side].append(measure(args.trees[side], args.model, args.n, args.c, args.s))
+    load_after = os.getloadavg()[0]
+    for label, tree, costs in zip("AB", args.trees, results, strict=True):
         print(
-            f"{args.model} {args.c}x{args.s}B {tree}: min {min(costs):.2f} "
+            f"{label} {args.model} {args.c}x{args.s}B {tree}: min {min(costs):.2f} "
             f"median {statistics.median(costs):.2f} us/rt  all {[round(c, 2) for c in costs]}"
         )
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     return 0
 
 

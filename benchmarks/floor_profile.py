@@ -1,4 +1,4 @@
-"""Python calls per echo: the selectors model's loop against the bare epoll loop (the floor).
+"""Python calls per echo: a model's loop (``selectors`` unless told) against the bare epoll loop.
 
 Runs each server in this process under cProfile (the model's ``serve()`` in the main thread),
 loads it with the C client (benchmarks/reference/build/echo_client: ``benchmarks/run``
@@ -6,7 +6,12 @@ builds it) for 2 s, and prints the calls per round trip and the most frequent on
 counts do not depend on how busy the machine is, unlike CPU time: a repeatable measure of a
 loop's own overhead (docs/PERFORMANCE.md, "The floor: where the gap is").
 
-usage: python benchmarks/floor_profile.py CONNECTIONS SIZE   (e.g. 50 1024, 1 64, 1000 1024)
+usage: python benchmarks/floor_profile.py CONNECTIONS SIZE [MODEL]   (e.g. 50 1024, 1 64 asyncio)
+
+To compare two versions, run it with ``PYTHONPATH=OTHER_TREE/src`` for the other one. The
+count includes the server's start and stop (about 14,000 calls for ``asyncio``): on a busy
+machine, where few round trips fit in the 2 s, that inflates the figure per echo (by 1.7 at
+8,000 round trips, 0.3 at 50,000); compare runs with similar round-trip counts.
 """
 
 from __future__ import annotations
@@ -106,7 +111,8 @@ def report(label: str, profile: cProfile.Profile, round_trips: int) -> None:
 
 def main() -> int:
     connections, size = int(sys.argv[1]), int(sys.argv[2])
-    report("selectors", *profile_model("selectors", connections, size))
+    name = sys.argv[3] if len(sys.argv) > 3 else "selectors"
+    report(name, *profile_model(name, connections, size))
     report("bare epoll loop", *profile_floor(connections, size))
     return 0
 

@@ -123,6 +123,26 @@ def resetting_handler(after: int) -> Handler:
     return handler
 
 
+def closing_handler(after: int) -> Handler:
+    """Echo ``after`` chunks on each connection, then close it (FIN) with a request in flight."""
+
+    def handler(conn: socket.socket, peer: TcpPeer) -> None:
+        for _ in range(after):
+            data = conn.recv(CHUNK)
+            if not data:
+                return
+            conn.sendall(data)
+        conn.recv(CHUNK)
+
+    return handler
+
+
+def swallowing_handler(conn: socket.socket, peer: TcpPeer) -> None:
+    """Read everything, echo nothing: every request times out."""
+    while conn.recv(CHUNK):
+        peer.count_recv()
+
+
 def stalling_handler(at_recv: int, stall: float) -> Handler:
     """Echo; once, at the ``at_recv``-th recv of the whole server, hold it ``stall`` seconds."""
 

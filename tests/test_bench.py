@@ -25,16 +25,19 @@ from sockecho import Server
 from sockecho.bench import BenchSpec, run_bench
 from sockecho.bench.load import ERROR_KINDS, LoadSpec, Tally, new_histogram, run_load
 from sockecho.bench.report import SCHEMA, BenchResult, ProcessLoad, print_result
+from sockecho.bench.runner import engine_for
 from sockecho.cli import main
 from sockecho.errors import ConnectError
 from tests.conftest import REPO, WAIT, require_tool
 from tests.faulty_peers import (
     TcpPeer,
     UdpPeer,
+    closing_handler,
     corrupting_handler,
     echo_handler,
     resetting_handler,
     stalling_handler,
+    swallowing_handler,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -59,9 +62,18 @@ def assert_consistent(result: BenchResult, size: int) -> None:
     assert 0 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"]
 
 
-def test_closed_loop_verifies_every_echo_from_every_model(server: Server, model: str) -> None:
+@pytest.fixture(params=["asyncio", "epoll"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each load engine: the closed-loop tests hold for both."""
+    return str(request.param)
+
+
+def test_closed_loop_verifies_every_echo_from_every_model(
+    server: Server, model: str, engine: str
+) -> None:
     connections = 1 if model == "iterative" else 4  # iterative serves one client at a time
-    result = run_bench(short_run(server.address[1], connections=connections))
+    result = run_bench(short_run(server.address[1], connections=connections, engine=engine))
+    assert result.environment["engine"] == engine
     assert result.errors == {}
     assert result.round_trips > 50
     assert_consistent(result, 1000)
@@ -69,18 +81,22 @@ def test_closed_loop_verifies_every_echo_from_every_model(server: Server, model:
     assert server.snapshot().bytes_echoed >= result.bytes_echoed
 
 
-def test_requests_bounds_the_measured_round_trips_exactly(asyncio_server: Server) -> None:
+def test_requests_bounds_the_measured_round_trips_exactly(
+    asyncio_server: Server, engine: str
+) -> None:
     result = run_bench(
-        short_run(asyncio_server.address[1], requests=301, duration=None, connections=3)
+        short_run(
+            asyncio_server.address[1], requests=301, duration=None, connections=3, engine=engine
+        )
     )
     assert result.round_trips == 301
     assert result.errors == {}
 
 
-def test_processes_merge_histograms_exactly(asyncio_server: Server) -> None:
-    result = run_bench(
-        short_run(asyncio_server.address[1], processes=2, requests=400, duration=None, warmup=0.0)
-    )
+def test_processes_merge_histograms_exactly(asyncio_server: Server, engine: str) -> None:
+    spec = short_run(asyncio_server.address[1], processes=2, requests=400, duration=None)
+    result = run_bench(replace(spec, warmup=0.0, engine=engine))
+    assert result.environment["engine"] == engine
     assert result.round_trips == 400
     assert result.histogram.get_total_count() == 400
     assert result.errors == {}
@@ -119,29 +135,31 @@ def test_udp_bench_shows_the_servers_reflection_limit_as_loss() -> None:
     assert result.loss > 0.7
 
 
-def test_corrupted_echo_is_counted_as_mismatch_never_accepted() -> None:
+def test_corrupted_echo_is_counted_as_mismatch_never_accepted(engine: str) -> None:
     with TcpPeer(corrupting_handler(every=10)) as peer:
-        result = run_bench(short_run(peer.address[1], connections=2))
+        result = run_bench(short_run(peer.address[1], connections=2, engine=engine))
     assert result.errors.get("mismatch", 0) > 0
     # A corrupted round trip is never a success: at most 9 of every 10 reads were intact.
     assert result.round_trips <= peer.recv_calls * 9 // 10 + 2
     assert not result.ok
 
 
-def test_reset_connections_are_counted_and_reopened() -> None:
+def test_reset_connections_are_counted_and_reopened(engine: str) -> None:
     with TcpPeer(resetting_handler(after=20)) as peer:
-        result = run_bench(short_run(peer.address[1], connections=2))
+        result = run_bench(short_run(peer.address[1], connections=2, engine=engine))
     assert result.errors.get("reset", 0) >= 2
     assert result.round_trips >= 40  # reconnected after each reset and went on
     assert set(result.errors) <= set(ERROR_KINDS)
 
 
-def test_refused_fails_at_once_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_refused_fails_at_once_with_one_line(
+    engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with TcpPeer(echo_handler) as peer:
         port = peer.address[1]
     with pytest.raises(ConnectError, match="refused"):
-        run_bench(short_run(port))
-    assert main(["bench", "--port", str(port), "-d", "0.2", "-q"]) == 1
+        run_bench(short_run(port, engine=engine))
+    assert main(["bench", "--port", str(port), "-d", "0.2", "-q", "--engine", engine]) == 1
     assert capsys.readouterr().err.startswith("sockecho: error: connection refused by 127.0.0.1")
 
 
@@ -234,11 +252,12 @@ def test_tls_bench_against_every_sockecho_tls_model(model: str, tmp_path: Path) 
 
 
 def test_json_report_follows_the_documented_schema(
-    asyncio_server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    asyncio_server: Server, engine: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "run.json"
     port = str(asyncio_server.address[1])
     argv = ["bench", "--port", port, "-c", "2", "-s", "512", "-n", "100", "--warmup", "0"]
+    argv += ["--engine", engine]
     assert main([*argv, "--json", str(path), "-q"]) == 0
     out, err = capsys.readouterr()
     assert err == ""  # --quiet (and no terminal): no progress at all
@@ -259,6 +278,8 @@ def test_json_report_follows_the_documented_schema(
     assert document["round_trips_per_s"] == pytest.approx(100 / document["elapsed_s"], rel=1e-3)
     assert document["mb_per_s"] == pytest.approx(51_200 / document["elapsed_s"] / 1e6, rel=1e-3)
     assert {"python", "cpus", "sockecho", "loop"} <= set(document["environment"])
+    assert document["environment"]["engine"] == engine
+    assert document["spec"]["engine"] == engine
     # The histogram round-trips: a reloaded result gives the same percentiles.
     assert BenchResult.from_json(document).latency() == latency
     client = document["client"]
@@ -270,9 +291,11 @@ def test_json_report_follows_the_documented_schema(
 
 
 def test_bench_reports_its_own_cpu_per_round_trip_for_each_process(
-    asyncio_server: Server,
+    asyncio_server: Server, engine: str
 ) -> None:
-    result = run_bench(short_run(asyncio_server.address[1], processes=2, duration=0.5))
+    result = run_bench(
+        short_run(asyncio_server.address[1], processes=2, duration=0.5, engine=engine)
+    )
     assert len(result.client_cpu) == 2
     assert all(load.cpu_seconds > 0 for load in result.client_cpu)
     assert all(load.wall_seconds >= 0.5 for load in result.client_cpu)
@@ -397,6 +420,11 @@ def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
     table = (out / "benchmarks.md").read_text()
     assert "| sockecho asyncio |" in table
     assert "vs floor" in table
+    # The storm, small in a smoke run: every client served, ThreadingTCPServer beside the model.
+    assert report["storm_clients"] == 50
+    assert set(report["storm"]) == {"sockecho asyncio", "ThreadingTCPServer"}
+    assert all(row["failed"] == 0 for row in report["storm"].values()), report["storm"]
+    assert "#### Connection storm (50 clients at once" in table
     assert "not rewritten" in done.stdout  # a smoke run never overwrites the recorded run
     assert (out / "benchmarks.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -457,3 +485,87 @@ def test_bench_uses_the_first_address_a_server_answers_on(
         monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
         result = run_bench(short_run(port, host="two.test", connections=1, duration=0.2))
     assert result.round_trips > 0
+
+
+def test_closed_connections_are_counted_and_reopened(engine: str) -> None:
+    with TcpPeer(closing_handler(after=20)) as peer:
+        result = run_bench(short_run(peer.address[1], connections=2, engine=engine))
+    assert result.errors.get("closed", 0) >= 2
+    assert result.round_trips >= 40  # reconnected after each close and went on
+    assert set(result.errors) <= {"closed"}
+
+
+def test_a_round_trip_slower_than_the_timeout_fails_as_timeout(engine: str) -> None:
+    with TcpPeer(swallowing_handler) as peer:
+        spec = short_run(peer.address[1], connections=2, duration=0.6, warmup=0.0, timeout=0.2)
+        result = run_bench(replace(spec, engine=engine))
+    assert result.round_trips == 0
+    assert set(result.errors) == {"timeout"}
+    assert result.errors["timeout"] >= 2  # each connection's first request, at least
+    assert not result.ok
+
+
+def test_the_warm_up_is_sent_but_never_measured(asyncio_server: Server, engine: str) -> None:
+    spec = short_run(asyncio_server.address[1], connections=2, requests=100, duration=None)
+    result = run_bench(replace(spec, warmup=0.3, engine=engine))
+    assert result.round_trips == 100
+    assert result.histogram.get_total_count() == 100
+    # The server echoed the warm-up's requests too: more than the 100 measured ones.
+    assert asyncio_server.stats.wait_for(lambda s: s.bytes_echoed > 100 * 1000, WAIT)
+
+
+def test_duration_bounds_the_measured_window(asyncio_server: Server, engine: str) -> None:
+    started = time.monotonic()
+    result = run_bench(
+        short_run(asyncio_server.address[1], duration=0.5, warmup=0.2, engine=engine)
+    )
+    took = time.monotonic() - started
+    assert 0.7 <= took < 0.7 + WAIT  # the warm-up, then the window; then it stops
+    assert result.elapsed == pytest.approx(0.5, abs=0.25)
+    assert [load.wall_seconds >= 0.5 for load in result.client_cpu] == [True]
+    assert result.round_trips > 0
+    assert result.errors == {}
+
+
+def test_the_epoll_engine_sends_requests_larger_than_the_socket_buffers(
+    asyncio_server: Server,
+) -> None:
+    size = 4_000_000  # send() takes part of it; the rest waits for EPOLLOUT
+    spec = short_run(asyncio_server.address[1], connections=1, size=size, requests=4)
+    result = run_bench(replace(spec, duration=None, warmup=0.0, engine="epoll"))
+    assert (result.round_trips, result.errors) == (4, {})
+    assert result.bytes_echoed == 4 * size
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_epoll_engine_sends_the_proxy_header_first(version: str) -> None:
+    # The server requires the header: a connection without it is closed, an error here.
+    with Server(model="selectors", port=0, proxy_protocol=version) as srv:
+        spec = short_run(srv.address[1], connections=3, requests=90, duration=None, proxy=version)
+        result = run_bench(replace(spec, engine="epoll"))
+    assert result.environment["engine"] == "epoll"
+    assert (result.round_trips, result.errors) == (90, {})
+
+
+def test_auto_runs_plain_tcp_closed_loops_on_epoll_and_the_rest_on_asyncio() -> None:
+    assert engine_for(BenchSpec()) == "epoll"
+    assert engine_for(BenchSpec(proxy="v2", processes=2)) == "epoll"
+    for settings in (
+        {"tls": True},
+        {"udp": True},
+        {"rate": 100.0},
+        {"identify": True},
+        {"loop": "uvloop"},
+    ):
+        assert engine_for(BenchSpec(**settings)) == "asyncio"  # type: ignore[arg-type]
+        assert engine_for(BenchSpec(engine="asyncio")) == "asyncio"
+        with pytest.raises(ValueError, match="the epoll engine does not run --"):
+            engine_for(BenchSpec(engine="epoll", **settings))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("option", [["--tls"], ["--udp"], ["--rate", "10"], ["--identify"]])
+def test_engine_epoll_with_what_only_asyncio_runs_is_a_usage_error(
+    option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--engine", "epoll", *option]) == 2
+    assert "--engine epoll runs plain TCP closed loops: not --" in capsys.readouterr().err

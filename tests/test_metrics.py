@@ -23,7 +23,12 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def scrape(server: Server) -> Samples:
     assert server.metrics_url is not None
-    with urllib.request.urlopen(server.metrics_url, timeout=WAIT) as response:
+    return read_samples(server.metrics_url)
+
+
+def read_samples(url: str) -> Samples:
+    """Every sample of the exposition at ``url``, by (name, labels)."""
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()

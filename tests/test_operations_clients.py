@@ -105,9 +105,31 @@ def test_bench_cli_prints_the_spread() -> None:
     assert b"one" in done.stdout
 
 
-def test_client_proxy_with_udp_or_tls_is_a_usage_error() -> None:
+def test_client_proxy_or_identify_with_udp_is_a_usage_error() -> None:
     assert run_cli("bench", "--udp", "--identify").returncode == 2
-    assert run_cli("bench", "--tls", "--proxy", "v1").returncode == 2
+    assert run_cli("bench", "--udp", "--proxy", "v1").returncode == 2
+
+
+@pytest.mark.parametrize("model", ["asyncio", "threading"])
+def test_bench_sends_the_proxy_header_before_the_tls_handshake(
+    model: str,
+    certs: Certificates,  # noqa: F811
+) -> None:
+    # The server requires a v2 header: a connection without one, or with TLS first, fails.
+    config = tls_config(model, certs, proxy_protocol="v2", identify="behind-tls")
+    with Server(config) as server:
+        host, port = server.address
+        spec = BenchSpec(host=host, port=port, connections=2, size=64, duration=None,
+                         requests=40, warmup=0, tls=True, cafile=str(certs.ca), proxy="v2",
+                         identify=True)  # fmt: skip
+        result = run_bench(spec)
+        assert server.stats.wait_for(lambda s: s.connections_closed == 2, WAIT)
+        stats = server.snapshot()
+    assert result.ok, result.errors
+    assert result.instances == {"behind-tls": {"connections": 2, "round_trips": 40}}
+    assert stats.connections_accepted == 2
+    assert stats.connections_rejected == 0
+    assert stats.bytes_echoed == 40 * 64
 
 
 def test_serve_log_format_json_gives_one_object_per_event() -> None:

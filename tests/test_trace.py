@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from sockecho import Server, ServerConfig, narration
+from sockecho import Server, ServerConfig, i18n, narration
 from sockecho.client import echo
 from sockecho.config import DEFAULT_BACKLOG
 from sockecho.servers.base import SocketCalls
@@ -39,6 +39,7 @@ from sockecho.trace import (
 )
 from tests.conftest import (
     CONCURRENT_MODELS,
+    REPO,
     WAIT,
     connect,
     recv_exactly,
@@ -46,6 +47,7 @@ from tests.conftest import (
     reset,
     run_cli,
 )
+from tests.console_docs import normalise
 
 #: One trace line: ``role  [thread] name(args)``, then `` ...  (why)`` or `` -> result`` or
 #: nothing; the ``[thread]`` tag is there when another thread was blocked in a call meanwhile.
@@ -362,6 +364,52 @@ def test_partial_send_is_shown_as_partial() -> None:
     assert line.result == (
         f"{sent} of {len(big)} bytes (a partial send: the rest must be sent later)"
     )
+
+
+def quoted_listing(document: Path, test_name: str) -> list[str]:
+    """The ```text listing a tutorial quotes as the output of ``test_name`` (the first one
+    after the line naming it)."""
+    lines = document.read_text().splitlines()
+    named = next(i for i, line in enumerate(lines) if test_name in line)
+    start = next(i for i in range(named, len(lines)) if lines[i] == "```text") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i] == "```")
+    return lines[start:end]
+
+
+@pytest.mark.parametrize(("document", "lang"), [("tutorial.md", "en"), ("tutorial.es.md", "es")])
+def test_the_tutorials_quote_a_reset_and_a_partial_send_as_the_trace_narrates_them(
+    document: str, lang: str
+) -> None:
+    """Section 7 of both tutorials quotes these two traces; here they are made again, in the
+    tutorial's language, and every quoted line must be one of theirs (fds and counts aside)."""
+    i18n.set_language(lang)
+    try:
+        reset_trace = io.StringIO()
+        tracer = Tracer("server", reset_trace, color=False)
+        with Server(ServerConfig(model="selectors", port=0), calls=traced_calls(tracer)) as srv:
+            with connect(srv.address) as sock:
+                sock.sendall(b"hola\n")
+                assert recv_exactly(sock, 5) == b"hola\n"
+                reset(sock)
+            assert srv.stats.wait_for(lambda s: s.connections_closed == 1, WAIT)
+        partial_trace = io.StringIO()
+        cls = traced_socket_class(Tracer("client", partial_trace, color=False))
+        left, right = socket.socketpair()
+        with right, cls(fileno=left.detach()) as sock:
+            sock.setblocking(False)
+            assert sock.send(bytes(16 * 1024 * 1024)) < 16 * 1024 * 1024
+    finally:
+        i18n.set_language("en")
+    path = REPO / "docs" / document
+    for test_name, trace in [
+        ("test_trace_shows_a_reset_with_its_errno", reset_trace),
+        ("test_partial_send_is_shown_as_partial", partial_trace),
+    ]:
+        narrated = {normalise(line) for line in trace.getvalue().splitlines()}
+        quoted = quoted_listing(path, test_name)
+        assert quoted, f"no listing after {test_name} in {document}"
+        for line in quoted:
+            assert normalise(line) in narrated, f"{document}: {line!r} is not narrated"
 
 
 def test_payload_preview_is_truncated() -> None:

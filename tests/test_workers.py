@@ -18,6 +18,7 @@ import pytest
 from sockecho.cli import main
 from tests.conftest import CONCURRENT_MODELS, WAIT, ServeProcess, connect, recv_exactly
 from tests.procinfo import wait_until
+from tests.test_metrics import Samples, read_samples
 
 #: Connections opened to see them spread: with 2 workers, the chance that the kernel's hash
 #: sends all 40 to one worker is 2 * 2**-40.
@@ -174,6 +175,42 @@ def test_a_killed_worker_is_replaced_while_the_others_keep_echoing(
     assert server.wait_for_line("restarted (pid"), server.logged_lines()
     assert attempts >= 1
     assert server.stop(signal.SIGTERM) == 0
+
+
+def test_the_supervisor_serves_every_workers_counters_and_keeps_a_killed_ones(
+    serve_process: type[ServeProcess],
+) -> None:
+    server = start(serve_process, "--workers", "2", "--metrics", "127.0.0.1:0")
+    assert server.wait_for_line("metrics on http://127.0.0.1:"), server.logged_lines()
+    url = next(line for line in server.logged_lines() if "metrics on " in line).split()[-1]
+    served = ("sockecho_connections_total", (("result", "served"),))
+    echoed = ("sockecho_bytes_sent_total", ())
+    latest: list[Samples] = []
+
+    def metrics_show(connections: int) -> bool:
+        latest[:] = [read_samples(url)]
+        return latest[0].get(served) == connections and latest[0].get(echoed) == 4 * connections
+
+    clients = [connect(server.address) for _ in range(SPREAD_CONNECTIONS)]
+    for sock in clients:
+        assert echo(sock) == b"ping"
+        sock.close()
+    # Each worker reports every STATS_INTERVAL (1 s): both workers' counters, added up.
+    assert wait_until(lambda: metrics_show(SPREAD_CONNECTIONS), WAIT), latest
+    assert latest[0][("sockecho_workers", ())] == 2
+    assert latest[0][("sockecho_worker_restarts_total", ())] == 0
+    assert latest[0][("sockecho_connections_open", ())] == 0
+
+    victim = next(iter(workers_of(server.proc.pid)))
+    os.kill(victim, signal.SIGKILL)
+    assert server.wait_for_line("restarted (pid"), server.logged_lines()
+    assert wait_until(
+        lambda: read_samples(url).get(("sockecho_worker_restarts_total", ())) == 1, WAIT
+    )
+    # The killed worker's connections are still counted (its last report is kept).
+    assert read_samples(url)[served] == SPREAD_CONNECTIONS
+    assert server.stop(signal.SIGTERM) == 0
+    assert server.wait_for_line(f"stopped: {SPREAD_CONNECTIONS} connections served")
 
 
 def test_sigterm_drains_every_worker_and_exits_zero_within_the_drain_timeout(

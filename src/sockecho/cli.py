@@ -818,14 +818,12 @@ def run_workers(args: argparse.Namespace, config: ServerConfig) -> int:
     """``serve --workers N``: the supervisor runs in this (main) thread until stopped."""
     if args.trace:
         raise ConfigError("--trace narrates one process", "drop --workers, or --trace")
-    if config.metrics is not None:
-        raise ConfigError(
-            "--metrics with --workers is not supported yet", "each worker would need its own port"
-        )
 
     def print_ready(endpoints: list[str]) -> None:
         for endpoint in endpoints:
             say(READY_LINE.format(endpoint=endpoint))
+        if supervisor.metrics_url is not None:
+            say(f"metrics on {supervisor.metrics_url}")
 
     root = logging.getLogger("sockecho")
     prepare = functools.partial(

@@ -29,7 +29,12 @@ The metrics (all but ``sockecho_info`` counted since the server started):
 ``sockecho_faults_total{kind}``             injected faults (``--fault``) by kind
 ``sockecho_connection_duration_seconds``    histogram of closed connections' lifetimes
 ``sockecho_info{model,version}``            always 1
+``sockecho_workers``                        ``--workers`` only: worker processes running
+``sockecho_worker_restarts_total``          ``--workers`` only: workers restarted
 ==========================================  ===============================================
+
+With ``--workers`` the supervisor serves the sum of its workers' counters, each at most
+``workers.STATS_INTERVAL`` (1 s) old.
 
 Byte counters move when a connection closes (sessions count their own bytes and hand them
 over then), so a long-lived connection shows up in them at its end.
@@ -83,9 +88,15 @@ def parse_address(text: str) -> tuple[str, int]:
 class StatsCollector:
     """A prometheus-client collector reading one server's statistics at each scrape."""
 
-    def __init__(self, snapshot: Callable[[], StatsSnapshot], model: str) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], StatsSnapshot],
+        model: str,
+        workers: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self._snapshot = snapshot
         self._model = model
+        self._workers = workers  # (running, restarts) of a --workers supervisor
         self._version = importlib.metadata.version("sockecho")
 
     def describe(self) -> list[Metric]:
@@ -148,6 +159,12 @@ class StatsCollector:
         yield InfoMetricFamily(
             "sockecho", "The server", value={"model": self._model, "version": self._version}
         )
+        if self._workers is not None:
+            running, restarts = self._workers()
+            yield GaugeMetricFamily("sockecho_workers", "Worker processes running", running)
+            yield CounterMetricFamily(
+                "sockecho_worker_restarts", "Workers restarted after they exited", value=restarts
+            )
 
 
 def _cumulative_buckets(counts: tuple[int, ...]) -> list[tuple[str, float]]:

@@ -54,10 +54,15 @@ No orphans
     through ctypes) and checks that the supervisor did not die before it asked; a worker
     whose pipe reaches end-of-file (the supervisor is gone) stops at once too.
 
-Counters
-    When it ends, each worker sends its final :class:`~sockecho.core.StatsSnapshot` through
-    its pipe; :meth:`Supervisor.run` returns their sum, so the stop line counts every
-    worker. The counters of a worker that was killed die with it.
+Counters and metrics
+    Every ``STATS_INTERVAL`` seconds, and once more when it ends, each worker sends its
+    :class:`~sockecho.core.StatsSnapshot` through its pipe. The supervisor keeps the latest
+    one of each worker, and those of the workers that have ended; :meth:`Supervisor.snapshot`
+    adds them up. So the stop line counts every worker, and a worker that was killed loses
+    only what it counted in its last ``STATS_INTERVAL``. With ``--metrics HOST:PORT`` the
+    supervisor (never a worker) serves ``/metrics`` from that sum, plus ``sockecho_workers``
+    (running) and ``sockecho_worker_restarts_total``; the figures are at most
+    ``STATS_INTERVAL`` old. ``/healthz`` turns 503 when the supervisor starts stopping.
 
 The ``select`` model works with workers too: its FD_SETSIZE ceiling (``--max-connections``
 1000) then applies to each worker.
@@ -87,6 +92,7 @@ from sockecho import net
 from sockecho.config import ServerConfig
 from sockecho.core import StatsSnapshot
 from sockecho.errors import SockechoError
+from sockecho.metrics import MetricsServer, StatsCollector, parse_address
 from sockecho.server import Server
 from sockecho.stop_signals import StopSignals
 
@@ -106,6 +112,8 @@ RESTART_DELAY_MAX = 10.0
 START_TIMEOUT = 60.0
 #: Seconds after the drain timeout before workers still running are killed.
 STOP_GRACE = 5.0
+#: Seconds between two reports of a worker's counters to the supervisor.
+STATS_INTERVAL = 1.0
 #: prctl(2) option: the signal a process gets when its parent dies (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
 
@@ -134,8 +142,9 @@ def worker_main(
 ) -> None:
     """One worker process: serve ``config`` until told to stop, then report the counters.
 
-    Messages to the supervisor: ``("ready", endpoints)`` once listening, ``("failed",
-    message)`` if the server could not start or crashed, ``("stopped", snapshot)`` at the end.
+    Messages to the supervisor: ``("ready", endpoints)`` once listening, ``("stats",
+    snapshot)`` every STATS_INTERVAL, ``("failed", message)`` if the server could not start or
+    crashed, ``("stopped", snapshot)`` at the end.
     From it: ``"stop"`` (drain), ``"now"`` (stop at once); end-of-file means it is gone.
     """
     die_with_parent(parent)
@@ -152,7 +161,12 @@ def worker_main(
                 signals.ended()
 
             threading.Thread(target=report_end, name="sockecho-ended", daemon=True).start()
-            for order in orders(conn, signals):
+
+            def report() -> None:
+                with contextlib.suppress(OSError):
+                    conn.send(("stats", server.snapshot()))
+
+            for order in orders(conn, signals, report):
                 server.request_stop()  # the first drains; a second stops at once
                 if order == "now":
                     server.request_stop()
@@ -164,13 +178,19 @@ def worker_main(
         raise SystemExit(1) from None
 
 
-def orders(conn: Connection, signals: StopSignals) -> Iterator[str]:
+def orders(conn: Connection, signals: StopSignals, report: Callable[[], None]) -> Iterator[str]:
     """Stop orders for a worker: ``"stop"``/``"now"`` from the supervisor, ``"stop"`` for a
-    SIGTERM, ``"now"`` if the supervisor is gone; ends when the server has ended."""
+    SIGTERM, ``"now"`` if the supervisor is gone; ends when the server has ended. Calls
+    ``report`` every STATS_INTERVAL meanwhile (in this thread: the pipe has one writer)."""
     gone = False
+    due = time.monotonic() + STATS_INTERVAL
     while True:
         watched = [signals.fileno()] if gone else [signals.fileno(), conn.fileno()]
-        readable, _, _ = select.select(watched, [], [])
+        readable, _, _ = select.select(watched, [], [], max(0.0, due - time.monotonic()))
+        if time.monotonic() >= due:
+            if not gone:
+                report()
+            due = time.monotonic() + STATS_INTERVAL
         if not gone and conn.fileno() in readable:
             try:
                 yield str(conn.recv())
@@ -193,7 +213,7 @@ class Worker:
     conn: Connection  # the supervisor's end of the pipe
     started: float
     endpoints: list[str] | None = None  # set when it listens
-    snapshot: StatsSnapshot | None = None
+    snapshot: StatsSnapshot | None = None  # its latest report (the final one once stopped)
     failure: str | None = None
 
 
@@ -234,7 +254,8 @@ class Supervisor:
 
     ``prepare(index)`` runs first in each worker (picklable: the CLI sets up logging with
     it); ``on_ready(endpoints)`` runs in the supervisor once every worker listens.
-    :meth:`run` returns the workers' counters added up.
+    :meth:`run` returns the workers' counters added up. With ``config.metrics`` the
+    supervisor serves them (:attr:`metrics_url` once :meth:`run` has started it).
     """
 
     config: ServerConfig
@@ -245,15 +266,41 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self._context = multiprocessing.get_context("spawn")
-        self._snapshots: list[StatsSnapshot] = []
+        self._snapshots: list[StatsSnapshot] = []  # of the workers that have ended
+        self._counters = threading.Lock()  # the metrics thread reads what the main one writes
         self._stops = 0
         self._deadline = float("inf")
+        self.restarts = 0
+        self.metrics: MetricsServer | None = None
+        self.metrics_url: str | None = None
+        if self.config.metrics is not None:  # ConfigError here: nothing started yet
+            self.metrics = MetricsServer(
+                parse_address(self.config.metrics),
+                StatsCollector(self.snapshot, self.config.model, workers=self.worker_counts),
+                serving=lambda: not self._stops,
+            )
+
+    def snapshot(self) -> StatsSnapshot:
+        """Every worker's counters added up: the ended ones' and the running ones' latest."""
+        with self._counters:
+            running = [slot.worker.snapshot for slot in self.slots if slot.worker is not None]
+            return add_snapshots([*self._snapshots, *(s for s in running if s is not None)])
+
+    def worker_counts(self) -> tuple[int, int]:
+        """(workers running, restarts so far), for the metrics."""
+        running = sum(
+            1 for slot in self.slots if slot.worker is not None and slot.worker.process.is_alive()
+        )
+        return running, self.restarts
 
     def run(self) -> StatsSnapshot:
         reserved = net.reserve_port(self.config.host, self.config.port)
         try:
             port = reserved[0].getsockname()[1]
-            self.worker_config = self.config.replace(port=port, reuse_port=True)
+            # The workers serve echo only: the metrics are the supervisor's.
+            self.worker_config = self.config.replace(port=port, reuse_port=True, metrics=None)
+            if self.metrics is not None:
+                self.metrics_url = self.metrics.start()
             with StopSignals(STOP_SIGNALS) as signals:
                 self.slots = [Slot(index) for index in range(1, self.count + 1)]
                 for slot in self.slots:
@@ -269,7 +316,9 @@ class Supervisor:
                     slot.worker.process.join()
             for sock in reserved:
                 sock.close()
-        return add_snapshots(self._snapshots)
+            if self.metrics is not None:
+                self.metrics.stop()
+        return self.snapshot()
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -355,6 +404,7 @@ class Supervisor:
             for slot in self.slots:
                 if slot.restart_at is not None and now >= slot.restart_at and not self._stops:
                     self.start(slot)
+                    self.restarts += 1
                     assert slot.worker is not None
                     log.info("worker %d restarted (pid %s)", slot.index, slot.worker.process.pid)
             if now >= self._deadline:
@@ -386,8 +436,9 @@ class Supervisor:
                 kind, payload = worker.conn.recv()
                 if kind == "ready":
                     worker.endpoints = list(payload)
-                elif kind == "stopped":
-                    worker.snapshot = payload
+                elif kind in ("stats", "stopped"):
+                    with self._counters:
+                        worker.snapshot = payload
                 elif kind == "failed":
                     worker.failure = str(payload)
 
@@ -398,9 +449,10 @@ class Supervisor:
         worker.process.join()
         self.receive(worker)  # a last message may have come with the exit
         worker.conn.close()
-        slot.worker = None
-        if worker.snapshot is not None:
-            self._snapshots.append(worker.snapshot)
+        with self._counters:
+            slot.worker = None
+            if worker.snapshot is not None:  # a killed one's connections are gone with it
+                self._snapshots.append(dataclasses.replace(worker.snapshot, connections_active=0))
         if self._stops:
             return
         lived = time.monotonic() - worker.started

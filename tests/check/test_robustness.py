@@ -19,7 +19,7 @@ from sockecho import ClientTLSConfig, Server, ServerConfig, client_context
 from sockecho.check import CASES, Case, Level, Verdict, check
 from sockecho.check.probe import Probe
 from sockecho.check.runner import ABANDON_GRACE, run_case
-from tests.conftest import WAIT
+from tests.conftest import WAIT, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,6 +139,25 @@ def test_an_untrusted_certificate_fails_the_handshake_case_with_the_hint(
     result = report.result("tls.handshake")
     assert result.verdict is Verdict.FAILED
     assert "--tls-ca" in result.cause
+
+
+def test_the_check_command_over_tls_trusts_tls_ca_and_insecure_and_names_the_fix_otherwise(
+    tls_files: tuple[Path, Path, Path],
+) -> None:
+    ca, cert, key = tls_files
+    config = ServerConfig(model="selectors", port=0, tls_cert=str(cert), tls_key=str(key))
+    cases = ("--case", "tls.handshake", "--case", "tcp.bytes.all-values")
+    with Server(config) as server:
+        target = "{}:{}".format(*server.address)
+        trusted = run_cli("check", "--tls", "--tls-ca", str(ca), *cases, target)
+        insecure = run_cli("check", "--tls", "--insecure", *cases, target)
+        untrusted = run_cli("check", "--tls", *cases, target)
+    assert trusted.returncode == 0, trusted.stdout.decode() + trusted.stderr.decode()
+    assert b"2 cases, 2 passed, 0 failed" in trusted.stdout
+    assert b"tls://" in trusted.stdout
+    assert insecure.returncode == 0, insecure.stdout.decode() + insecure.stderr.decode()
+    assert untrusted.returncode == 1
+    assert b"--tls-ca" in untrusted.stdout  # the usual cause, in the failure's words
 
 
 def test_the_tls_cases_run_only_with_tls() -> None:

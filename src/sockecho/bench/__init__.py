@@ -2,7 +2,9 @@
 
 ::
 
-    load.py     one process's event loop: channels that send, verify every byte, time echoes
+    load.py     one process's asyncio engine: channels that send, verify every byte, time
+                echoes; the pieces every engine shares (payloads, window, tally)
+    epoll_engine.py  the same closed loop on a bare epoll loop (plain TCP): the default
     runner.py   BenchSpec → worker thread or P processes → merged BenchResult
     report.py   BenchResult: percentiles, the final table, the JSON document, compare
     plot.py     latency-by-percentile charts (matplotlib, optional)
@@ -47,7 +49,7 @@ from sockecho.bench.report import (
     print_result,
     save_result,
 )
-from sockecho.bench.runner import BenchSpec, run_bench
+from sockecho.bench.runner import ENGINES, BenchSpec, epoll_limits, run_bench
 
 #: Largest UDP payload over IPv4 (65535 - 8 UDP header - 20 IP header).
 MAX_UDP_SIZE = 65507
@@ -131,6 +133,14 @@ def add_parser(commands: Any) -> None:
         help="the load generator's event loop (uvloop: the sockecho[uvloop] extra)",
     )
     bench.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="the load engine: epoll (a bare epoll loop: about half asyncio's CPU per round "
+        "trip; plain TCP closed loops, --proxy too) or asyncio (everything: --tls, --udp, "
+        "--rate, --identify, --loop uvloop); auto (default): epoll when it can run the load",
+    )
+    bench.add_argument(
         "--proxy",
         choices=("v1", "v2"),
         help="send a PROXY protocol header on each connection (a --proxy-protocol server)",
@@ -194,8 +204,6 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         args.processes = min(usable_cpus(), args.connections)
     if args.udp and (args.proxy or args.identify):
         parser.error("--proxy and --identify apply to TCP connections")
-    if args.tls and args.proxy:
-        parser.error("--proxy cannot be combined with --tls yet")
     if args.processes > args.connections:
         parser.error("--processes cannot exceed --connections (each process needs one)")
     if args.loop == "uvloop":
@@ -204,7 +212,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         except ImportError:
             parser.error("--loop uvloop needs uvloop: pip install 'sockecho[uvloop]'")
     duration = args.duration if args.requests is None else None
-    return BenchSpec(
+    spec = BenchSpec(
         host=args.host,
         port=args.port,
         connections=args.connections,
@@ -222,7 +230,11 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
         loop=args.loop,
         proxy=args.proxy,
         identify=args.identify,
+        engine=args.engine,
     )
+    if args.engine == "epoll" and (limits := epoll_limits(spec)):
+        parser.error(f"--engine epoll runs plain TCP closed loops: not {', '.join(limits)}")
+    return spec
 
 
 def run_bench_command(args: argparse.Namespace) -> int:

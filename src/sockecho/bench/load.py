@@ -1,7 +1,10 @@
 """The load engine of one process: connections (channels) that send, verify and time echoes.
 
 One asyncio loop per process drives every channel of that process. A channel is
-one TCP (optionally TLS) connection or one connected UDP socket.
+one TCP (optionally TLS) connection or one connected UDP socket. What every engine
+shares (the payloads, the measured window, the latency counts, the tally, which
+request is next) is here too: the epoll engine (epoll_engine.py, plain TCP closed
+loops) measures with the same pieces.
 
 Closed loop
     A channel sends one request of ``size`` bytes, waits until exactly those
@@ -42,7 +45,7 @@ import struct
 import time
 from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from hdrh.histogram import HdrHistogram
 
@@ -92,6 +95,7 @@ class LoadSpec:
     use_uvloop: bool = False
     proxy: str | None = None  # "v1"/"v2": each connection sends a PROXY header first
     identify: bool = False  # each connection reads the server's --identify line first
+    engine: str = "asyncio"  # "epoll": epoll_engine.py runs it (plain TCP, closed loop)
 
 
 @dataclass(slots=True)
@@ -117,23 +121,31 @@ class Tally:
 OPEN_LOOP_BURST = 64
 
 
-class Run:
-    """State shared by the channels of one process."""
+class Measurement:
+    """What every load engine of one process shares, whatever drives its sockets: the
+    payloads, the measured window, the latency counts, the tally and the progress slots.
+
+    ``clock`` is the engine's monotonic clock (the asyncio loop's time, or
+    :func:`time.monotonic` itself); every time a channel records is on it.
+    """
 
     def __init__(
-        self, spec: LoadSpec, progress: MutableSequence[int] | None, progress_slot: int
+        self,
+        spec: LoadSpec,
+        progress: MutableSequence[int] | None,
+        progress_slot: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
-        self.loop = asyncio.get_running_loop()
+        self.clock = clock
         self.tally = Tally()
         self.progress = progress
         self.progress_slot = progress_slot
         base = os.urandom(spec.size + PAYLOAD_VARIANTS * 7)
         self.payloads = [base[k * 7 : k * 7 + spec.size] for k in range(PAYLOAD_VARIANTS)]
-        self.measure_start = 0.0
+        self.measure_start = float("inf")  # nothing counts before the warm-up is over
         self.measure_end = float("inf")  # requests intended at or after it are not sent
         self.stopping = False
-        self.ssl_context = client_ssl_context(spec) if spec.tls else None
         # Latencies (µs) -> how often each came, folded into the histogram at the end: a dict
         # update per echo instead of hdrh's half-dozen Python calls (about a quarter of the
         # load engine's own CPU per echo before).
@@ -142,6 +154,14 @@ class Run:
         # before the next one lands, and a preallocated buffer spares the kernel the
         # mmap/munmap of the 256 KiB bytes object asyncio's stock read path allocates per recv.
         self.read_buffer = memoryview(bytearray(READ_SIZE))
+
+    def open_window(self, now: float) -> None:
+        """Every channel is connected (at ``now``): the warm-up starts, then the window."""
+        spec = self.spec
+        self.measure_start = now + spec.warmup
+        if spec.duration is not None:
+            self.measure_end = self.measure_start + spec.duration
+        self.tally.first_start = time.monotonic() + spec.warmup
 
     def measured(self, intended: float) -> bool:
         return intended >= self.measure_start
@@ -175,7 +195,7 @@ class Run:
         if intended:
             failed = sum(1 for t in intended if t >= self.measure_start)
         else:
-            failed = 1 if counted or self.loop.time() >= self.measure_start else 0
+            failed = 1 if counted or self.clock() >= self.measure_start else 0
         if failed:
             self.tally.errors[kind] += failed
 
@@ -183,6 +203,54 @@ class Run:
         if self.progress is not None:
             self.progress[self.progress_slot] = self.tally.round_trips
             self.progress[self.progress_slot + 1] = sum(self.tally.errors.values())
+
+    def settle(self, cpu_start: float | None) -> Tally:
+        """The run is over: fold the latencies, close the CPU window, return the tally.
+
+        ``cpu_start`` is :func:`time.thread_time` when the measured window opened (None:
+        it never did). The load's own cost is the CPU of this thread (the engine) from
+        then until the last echo is in; the window's wall time is measured from
+        ``measure_start``, the moment the requests were timed from, not from when the
+        engine got round to reading the CPU clock: on a busy machine that is late, and a
+        window measured from it came out shorter than the run's --duration.
+        """
+        tally = self.tally
+        self.fold_latencies()
+        if cpu_start is not None:
+            tally.cpu_seconds = time.thread_time() - cpu_start
+            tally.wall_seconds = self.clock() - self.measure_start
+        self.publish_progress()
+        if tally.last_end == 0.0:
+            tally.last_end = time.monotonic()
+        return tally
+
+
+class Run(Measurement):
+    """State shared by the asyncio channels of one process."""
+
+    def __init__(
+        self, spec: LoadSpec, progress: MutableSequence[int] | None, progress_slot: int
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        super().__init__(spec, progress, progress_slot, self.loop.time)
+        self.ssl_context = client_ssl_context(spec) if spec.tls else None
+
+
+def quotas(spec: LoadSpec) -> list[int | None]:
+    """Each channel's share of ``spec.requests`` (None each: the run is bounded by time)."""
+    if spec.requests is None:
+        return [None] * spec.connections
+    share, extra = divmod(spec.requests, spec.connections)
+    return [share + (1 if k < extra else 0) for k in range(spec.connections)]
+
+
+def proxy_header(version: str, local: tuple[Any, ...], remote: tuple[Any, ...]) -> bytes:
+    """A PROXY header naming this connection's own addresses (the client, then the server)."""
+    return encode_proxy(
+        cast(ProxyVersion, version),
+        (str(local[0]), int(local[1])),
+        (str(remote[0]), int(remote[1])),
+    )
 
 
 def client_ssl_context(spec: LoadSpec) -> ssl.SSLContext:
@@ -207,20 +275,14 @@ def error_kind(exc: BaseException | None) -> str:
     return "other"
 
 
-class Channel:
-    """One connection's schedule: which request is next and when (shared by TCP and UDP)."""
+class Pacer:
+    """Which request a connection sends next and whether it may (every engine's channels)."""
 
-    def __init__(self, run: Run, number: int, quota: int | None, phase: float) -> None:
+    def __init__(self, run: Measurement, number: int, quota: int | None) -> None:
         self.run = run
         self.number = number
         self.quota = quota  # measured requests still to send (None: until measure_end)
         self.variant = number % PAYLOAD_VARIANTS
-        rate = run.spec.rate
-        self.interval = run.spec.connections / rate if rate else 0.0
-        self.phase = phase  # fraction of an interval this channel's schedule is shifted by
-        self.next_due = 0.0
-        self.finished = run.loop.create_future()
-        self.timer: asyncio.Handle | None = None
 
     def next_payload(self) -> bytes:
         self.variant = (self.variant + 1) % PAYLOAD_VARIANTS
@@ -236,6 +298,21 @@ class Channel:
                 return False
             self.quota -= 1
         return True
+
+
+class Channel(Pacer):
+    """One connection's schedule: which request is next and when (shared by TCP and UDP)."""
+
+    run: Run
+
+    def __init__(self, run: Run, number: int, quota: int | None, phase: float) -> None:
+        super().__init__(run, number, quota)
+        rate = run.spec.rate
+        self.interval = run.spec.connections / rate if rate else 0.0
+        self.phase = phase  # fraction of an interval this channel's schedule is shifted by
+        self.next_due = 0.0
+        self.finished = run.loop.create_future()
+        self.timer: asyncio.Handle | None = None
 
     def finish(self) -> None:
         if self.timer is not None:
@@ -281,16 +358,7 @@ class TcpChannel(Channel, asyncio.BufferedProtocol):
             self.instance = None
             self.preamble.clear()
             try:
-                await asyncio.wait_for(
-                    run.loop.create_connection(
-                        lambda: self,
-                        spec.host,
-                        spec.port,
-                        ssl=run.ssl_context,
-                        server_hostname=(spec.server_name or spec.host) if spec.tls else None,
-                    ),
-                    spec.timeout,
-                )
+                await asyncio.wait_for(self.connect(), spec.timeout)
                 return
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 self.failure = error_kind(exc)
@@ -298,6 +366,49 @@ class TcpChannel(Channel, asyncio.BufferedProtocol):
                 if not retry:
                     return
                 await asyncio.sleep(RECONNECT_BACKOFF)
+
+    async def connect(self) -> None:
+        run, spec = self.run, self.run.spec
+        server_hostname = (spec.server_name or spec.host) if spec.tls else None
+        if spec.proxy is None or not spec.tls:
+            await run.loop.create_connection(
+                lambda: self, spec.host, spec.port, ssl=run.ssl_context,
+                server_hostname=server_hostname,
+            )  # fmt: skip
+            return
+        # PROXY over TLS: the header goes in the clear, before the handshake (as haproxy's
+        # send-proxy does), so connect, send it, then start TLS on the same socket.
+        sock = await self.connect_socket()
+        try:
+            header = proxy_header(spec.proxy, sock.getsockname(), sock.getpeername())
+            await run.loop.sock_sendall(sock, header)
+            await run.loop.create_connection(
+                lambda: self, sock=sock, ssl=run.ssl_context, server_hostname=server_hostname
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+    async def connect_socket(self) -> socket.socket:
+        """A connected non-blocking TCP socket to the first address of the target that answers."""
+        loop, spec = self.run.loop, self.run.spec
+        failure: OSError = ConnectionRefusedError(f"no address for {spec.host}")
+        for family, kind, proto, _, address in await loop.getaddrinfo(
+            spec.host, spec.port, type=socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise failure
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -308,18 +419,12 @@ class TcpChannel(Channel, asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         proxy = self.run.spec.proxy
-        if proxy is not None:  # the header goes first, with this connection's real addresses
+        if proxy is not None and not self.run.spec.tls:  # first, with the real addresses
             local, remote = (
                 transport.get_extra_info("sockname"),
                 transport.get_extra_info("peername"),
             )
-            self.transport.write(
-                encode_proxy(
-                    cast(ProxyVersion, proxy),
-                    (str(local[0]), int(local[1])),
-                    (str(remote[0]), int(remote[1])),
-                )
-            )
+            self.transport.write(proxy_header(proxy, local, remote))
 
     def start(self) -> None:
         if self.run.spec.rate:
@@ -580,24 +685,17 @@ async def run_load(
     """
     run = Run(spec, progress, progress_slot)
     loop = run.loop
-    quotas: list[int | None] = [None] * spec.connections
-    if spec.requests is not None:
-        share, extra = divmod(spec.requests, spec.connections)
-        quotas = [share + (1 if k < extra else 0) for k in range(spec.connections)]
+    shares = quotas(spec)
     channel_type = UdpChannel if spec.udp else TcpChannel
     channels: list[TcpChannel | UdpChannel] = [
-        channel_type(run, spec.first_channel + k, quotas[k], k / spec.connections)
+        channel_type(run, spec.first_channel + k, shares[k], k / spec.connections)
         for k in range(spec.connections)
     ]
-    run.measure_start = float("inf")  # nothing counts before the warm-up is over
     await asyncio.gather(*(channel.open(retry=False) for channel in channels))
     if ready is not None:
         await loop.run_in_executor(None, ready)
     now = loop.time()
-    run.measure_start = now + spec.warmup
-    if spec.duration is not None:
-        run.measure_end = run.measure_start + spec.duration
-    run.tally.first_start = time.monotonic() + spec.warmup
+    run.open_window(now)
     # The load's own cost: CPU of this thread (the loop; it is the whole load engine) from the
     # moment the measured window opens until the last echo is in.
     cpu_window: list[float] = []
@@ -620,17 +718,7 @@ async def run_load(
             if channel.transport is not None:
                 channel.transport.abort()
         await asyncio.sleep(0)
-    run.fold_latencies()
-    if cpu_window:
-        run.tally.cpu_seconds = time.thread_time() - cpu_window[0]
-        # The window is the one the requests were timed in (it opened at measure_start), not
-        # the moment the callback above ran: on a busy machine that callback runs late, and
-        # a window measured from it came out shorter than the run's --duration.
-        run.tally.wall_seconds = loop.time() - run.measure_start
-    run.publish_progress()
-    if run.tally.last_end == 0.0:
-        run.tally.last_end = time.monotonic()
-    return run.tally
+    return run.settle(cpu_window[0] if cpu_window else None)
 
 
 async def tick(run: Run, channels: list[TcpChannel | UdpChannel]) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from sockecho import __version__
+from sockecho.bench import epoll_engine
 from sockecho.bench.load import LoadSpec, Tally, new_histogram, run_load_blocking
 from sockecho.bench.report import BenchResult, ProcessLoad
 from sockecho.client import connect_error
@@ -65,6 +66,7 @@ class BenchSpec:
     loop: str = "asyncio"
     proxy: str | None = None  # "v1"/"v2": send a PROXY header on each connection
     identify: bool = False  # read each connection's --identify line: the spread per instance
+    engine: str = "auto"  # "asyncio", "epoll", or auto: epoll where it can run the load
 
     @property
     def effective_timeout(self) -> float:
@@ -83,6 +85,53 @@ class BenchSpec:
         )
 
 
+#: The load engines (``--engine``); auto is epoll where it can run the load, else asyncio.
+ENGINES = ("auto", "asyncio", "epoll")
+
+
+def epoll_limits(spec: BenchSpec) -> list[str]:
+    """What in ``spec`` the epoll engine does not run (empty: it runs the whole load)."""
+    limits = [
+        option
+        for option, asked in (
+            ("--udp", spec.udp),
+            ("--tls", spec.tls),
+            ("--rate", spec.rate is not None),
+            ("--identify", spec.identify),
+            ("--loop uvloop", spec.loop == "uvloop"),
+        )
+        if asked
+    ]
+    if not epoll_engine.AVAILABLE:
+        limits.append("this platform (no epoll)")
+    return limits
+
+
+def engine_for(spec: BenchSpec) -> str:
+    """The engine that runs ``spec``: epoll for plain TCP closed loops (less CPU per round
+    trip: no asyncio machinery per echo), asyncio for the rest (docs/measuring.md)."""
+    limits = epoll_limits(spec)
+    if spec.engine == "auto":
+        return "asyncio" if limits else "epoll"
+    if spec.engine == "epoll" and limits:
+        raise ValueError(f"the epoll engine does not run {', '.join(limits)}")
+    if spec.engine not in ENGINES:
+        raise ValueError(f"unknown engine {spec.engine!r}: one of {', '.join(ENGINES)}")
+    return spec.engine
+
+
+def run_engine(
+    spec: LoadSpec,
+    progress: MutableSequence[int] | None = None,
+    progress_slot: int = 0,
+    ready: Callable[[], None] | None = None,
+) -> Tally:
+    """One process's load on the engine its spec names."""
+    if spec.engine == "epoll":
+        return epoll_engine.run_load_epoll(spec, progress, progress_slot, ready)
+    return run_load_blocking(spec, progress, progress_slot, ready)
+
+
 def split(total: int, parts: int) -> list[int]:
     share, extra = divmod(total, parts)
     return [share + (1 if k < extra else 0) for k in range(parts)]
@@ -93,6 +142,7 @@ def load_specs(spec: BenchSpec, address: str) -> list[LoadSpec]:
     processes = min(spec.processes, spec.connections)
     connections = split(spec.connections, processes)
     requests = split(spec.requests, processes) if spec.requests is not None else None
+    engine = engine_for(spec)
     specs = []
     first = 0
     for k in range(processes):
@@ -116,6 +166,7 @@ def load_specs(spec: BenchSpec, address: str) -> list[LoadSpec]:
                 use_uvloop=spec.loop == "uvloop",
                 proxy=spec.proxy,
                 identify=spec.identify,
+                engine=engine,
             )
         )
         first += connections[k]
@@ -169,7 +220,7 @@ def run_in_thread(spec: LoadSpec, progress: ProgressCallback | None, started: fl
 
     def target() -> None:
         try:
-            outcome.append(run_load_blocking(spec, counters, 0))
+            outcome.append(run_engine(spec, counters, 0))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -194,7 +245,7 @@ def worker_main(
 ) -> None:
     """One worker process: run its share, send back the tally (histogram encoded)."""
     try:
-        tally = run_load_blocking(spec, counters, slot * 2, ready=lambda: wait_at(barrier))
+        tally = run_engine(spec, counters, slot * 2, ready=lambda: wait_at(barrier))
         results.put((slot, tally_to_wire(tally)))
     except BaseException as exc:
         with contextlib.suppress(Exception):
@@ -325,6 +376,7 @@ def environment(spec: BenchSpec) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "loop": spec.loop,
+        "engine": engine_for(spec),
         "argv": sys.argv[1:],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
