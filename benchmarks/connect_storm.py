@@ -139,6 +139,7 @@ def run(models: list[str], clients: int, repetitions: int) -> dict[str, dict[str
     """Best (lowest slowest-first-echo) storm of the repetitions, per server; a fresh server
     for each storm, the servers interleaved."""
     best: dict[str, dict[str, Any]] = {}
+    every: dict[str, list[str]] = {}
     for _ in range(repetitions):
         for name, argv in servers(models).items():
             server, port = start(argv)
@@ -147,10 +148,16 @@ def run(models: list[str], clients: int, repetitions: int) -> dict[str, dict[str
             finally:
                 stop(server)
             print(f"{name:>22}: {result}", file=sys.stderr, flush=True)
+            slowest = result["first_echo_max_s"]
+            every.setdefault(name, []).append(
+                f"{slowest} s" + (f", {result['failed']} failed" if result["failed"] else "")
+            )
             previous = best.get(name)
             key = (result["failed"], result["first_echo_max_s"] or 1e9)
             if previous is None or key < (previous["failed"], previous["first_echo_max_s"] or 1e9):
                 best[name] = result
+    for name, result in best.items():
+        result["every_run"] = every[name]  # the best hides how a storm varies from run to run
     return best
 
 

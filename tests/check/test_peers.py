@@ -103,12 +103,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Runs of the half-close case against ncat --exec before giving up on seeing it drop the
+#: echo. ncat closes when it reads the client's FIN, dropping what cat has not answered yet:
+#: a race that cat wins now and then on a busy machine (seen once in a full run under load).
+NCAT_ATTEMPTS = 4
+
+
 def test_ncat_exec_cat_fails_half_close_with_nothing_echoed() -> None:
     ncat = require_tool("ncat")
     port = free_port()  # ncat does not report a port it picked; a race we accept here
     argv = [ncat, "-v", "-l", "-k", "127.0.0.1", str(port), "--exec", "/bin/cat"]
     with peer(argv, r"Listening on"):
-        report = sockecho.check("127.0.0.1", port, cases=["tcp.close.half-close"])
+        for _attempt in range(NCAT_ATTEMPTS):
+            report = sockecho.check("127.0.0.1", port, cases=["tcp.close.half-close"])
+            if report.failed:
+                break
     result = report.result("tcp.close.half-close")
     assert result.verdict is Verdict.FAILED
     assert result.actual.startswith("0 of 256 bytes came back"), result.actual

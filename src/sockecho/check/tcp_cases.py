@@ -161,17 +161,10 @@ def push_then_drain(conn: Connection, data: bytes, quiet: float) -> tuple[bool, 
 
 def no_banner(probe: Probe) -> Finding | None:
     with probe.connect() as conn:
-        try:
-            unexpected = conn.receive(4096, wait=QUIET)
-        except OSError as exc:
-            raise Failure("silence until the client writes", lost(exc)) from None
-    if unexpected:
-        raise Failure(
-            "silence until the client writes",
-            f"{len(unexpected)} bytes before the client wrote anything: "
-            f"{describe_bytes(unexpected[:32])}",
+        expect_silence(
+            conn, "silence until the client writes", "bytes before the client wrote anything",
             "a greeting or prompt? An echo server sends only the echo.",
-        )
+        )  # fmt: skip
     return None
 
 
@@ -180,17 +173,23 @@ def no_extra_bytes(probe: Probe) -> Finding | None:
     with probe.connect() as conn:
         conn.send(data)
         conn.expect_echo(data)
-        try:
-            unexpected = conn.receive(4096, wait=QUIET)
-        except OSError as exc:
-            raise Failure("silence after the echo", lost(exc)) from None
+        expect_silence(
+            conn, "silence after the echo", "more bytes",
+            "a prompt, a newline or a status line added to the echo?",
+        )  # fmt: skip
+    return None
+
+
+def expect_silence(conn: Connection, expected: str, what: str, cause: str) -> None:
+    """Fail unless ``conn`` stays quiet for QUIET seconds: ``N <what>: <the bytes>``."""
+    try:
+        unexpected = conn.receive(4096, wait=QUIET)
+    except OSError as exc:
+        raise Failure(expected, lost(exc)) from None
     if unexpected:
         raise Failure(
-            "silence after the echo",
-            f"{len(unexpected)} more bytes: {describe_bytes(unexpected[:32])}",
-            "a prompt, a newline or a status line added to the echo?",
+            expected, f"{len(unexpected)} {what}: {describe_bytes(unexpected[:32])}", cause
         )
-    return None
 
 
 def half_close(probe: Probe) -> Finding | None:
