@@ -8,6 +8,10 @@ loop's own overhead (docs/PERFORMANCE.md, "The floor: where the gap is").
 
 usage: python benchmarks/floor_profile.py CONNECTIONS SIZE [MODEL]   (e.g. 50 1024, 1 64 asyncio)
 
+``asyncio+uvloop`` profiles the asyncio model on uvloop against the minimal uvloop Protocol
+server (benchmarks/reference/python_servers.py) instead of the bare loop: uvloop's own work is
+C, so what cProfile counts there is exactly the Python each echo costs on top of uvloop.
+
 To compare two versions, run it with ``PYTHONPATH=OTHER_TREE/src`` for the other one. The
 count includes the server's start and stop (about 14,000 calls for ``asyncio``): on a busy
 machine, where few round trips fit in the 2 s, that inflates the figure per echo (by 1.7 at
@@ -16,6 +20,7 @@ machine, where few round trips fit in the 2 s, that inflates the figure per echo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import cProfile
 import json
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -35,6 +41,7 @@ from sockecho.servers import MODELS
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "reference"))
 import bare_epoll  # noqa: E402 (from benchmarks/reference, put on the path above)
+import python_servers  # noqa: E402
 
 CLIENT = HERE / "reference" / "build" / "echo_client"
 #: Seconds of load per server.
@@ -50,7 +57,9 @@ def load(port: int, connections: int, size: int) -> int:
 
 
 def profile_model(name: str, connections: int, size: int) -> tuple[cProfile.Profile, int]:
-    model = MODELS[name](ServerConfig(model=name, port=0, idle_timeout=0))
+    model_name, _, loop = name.partition("+")
+    config = ServerConfig(model=model_name, port=0, idle_timeout=0, loop=loop or "asyncio")
+    model = MODELS[model_name](config)
     model.open()
     port = model.listeners[0].getsockname()[1]
     measured: list[int] = []
@@ -74,7 +83,30 @@ class Stop(Exception):
     """Ends the bare loop (it has no stop of its own)."""
 
 
-def profile_floor(connections: int, size: int) -> tuple[cProfile.Profile, int]:
+def minimal_uvloop(port: int) -> None:
+    """The minimal uvloop Protocol server until SIGALRM (raised inside uvloop, Stop would be
+    reported as a callback's error and swallowed: the alarm resolves a future instead)."""
+    import uvloop  # noqa: PLC0415 (only this comparison needs it)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            python_servers.EchoProtocol, "127.0.0.1", port, backlog=4096
+        )
+        done = loop.create_future()
+        signal.signal(
+            signal.SIGALRM, lambda signum, frame: loop.call_soon_threadsafe(done.set_result, None)
+        )
+        async with server:
+            await done
+
+    uvloop.run(serve())
+
+
+def profile_floor(
+    connections: int, size: int, serve: Callable[[int], None] = bare_epoll.serve
+) -> tuple[cProfile.Profile, int]:
+    """The reference server (the bare loop unless told) under cProfile, in this thread."""
     with socket.socket() as probe:  # a free port for the bare loop
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -95,7 +127,7 @@ def profile_floor(connections: int, size: int) -> tuple[cProfile.Profile, int]:
     profile = cProfile.Profile()
     profile.enable()
     with contextlib.suppress(Stop):
-        bare_epoll.serve(port)
+        serve(port)
     profile.disable()
     driver.join()
     return profile, measured[0]
@@ -113,7 +145,10 @@ def main() -> int:
     connections, size = int(sys.argv[1]), int(sys.argv[2])
     name = sys.argv[3] if len(sys.argv) > 3 else "selectors"
     report(name, *profile_model(name, connections, size))
-    report("bare epoll loop", *profile_floor(connections, size))
+    if name.endswith("+uvloop"):
+        report("minimal uvloop Protocol", *profile_floor(connections, size, minimal_uvloop))
+    else:
+        report("bare epoll loop", *profile_floor(connections, size))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 
@@ -52,3 +53,35 @@ def test_uvloop_with_another_model_or_with_trace_is_a_usage_error() -> None:
     traced = run_cli("serve", "--loop", "uvloop", "--trace", "--port", "0")
     assert traced.returncode == 2
     assert b"--trace cannot narrate --loop uvloop" in traced.stderr
+
+
+def test_uvloop_serves_plain_connections_with_a_plain_protocol_that_pushes_back() -> None:
+    """On uvloop a plain connection gets UvloopEchoProtocol (uvloop reads into a buffer of its
+    own: its BufferedProtocol path only costs more), which must still push back: a client
+    that writes without reading is stopped (the kernel's buffers, 6-10 MiB on loopback, and
+    the server's high-water mark, far below PUSH_LIMIT), then gets every byte back."""
+    config = ServerConfig(model="asyncio", loop="uvloop", port=0, drain_timeout=0.5)
+    with Server(config) as srv, connect(srv.address) as sock:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"
+        protocols = list(srv.model._protocols)  # type: ignore[attr-defined]
+        assert [type(p).__name__ for p in protocols] == ["UvloopEchoProtocol"]
+        sock.setblocking(False)
+        chunk, taken = os.urandom(64 * 1024), bytearray()
+        stalled = False
+        while len(taken) < PUSH_LIMIT and not stalled:
+            try:
+                taken += chunk[: sock.send(chunk)]  # the kernel may take part of it
+            except BlockingIOError:
+                _, writable, _ = select.select([], [sock], [], STALL)
+                stalled = not writable  # nothing taken for STALL seconds: pushed back
+        assert stalled, f"took {len(taken)} bytes without pushing back"
+        sock.setblocking(True)
+        sock.settimeout(WAIT)
+        assert recv_exactly(sock, len(taken)) == taken
+
+
+#: Bytes a client may write without reading before the server must have pushed back.
+PUSH_LIMIT = 64 * 1024 * 1024
+#: Seconds without room to write that count as pushed back.
+STALL = 1.0

@@ -21,7 +21,9 @@ The fast path
     evicted the cache at 1000 clients). When the kernel takes only part of a
     write, the transport keeps the rest: the server then switches to a fresh
     read buffer so the kept bytes are never overwritten (Python 3.12+ keeps a
-    view, not a copy).
+    view, not a copy). On uvloop (``--loop uvloop``) a plain ``Protocol`` instead
+    (:class:`UvloopEchoProtocol`): uvloop reads into one loop-wide buffer of its own, and
+    its ``BufferedProtocol`` path costs more (docs/PERFORMANCE.md).
 
 Back-pressure
     The transport's write buffer limits are set to the shared high/low-water
@@ -131,8 +133,8 @@ class ReadPausing:
             self.transport.resume_reading()
 
 
-class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
-    """One connection: every byte read is written back unchanged."""
+class EchoConnection(ReadPausing, asyncio.BaseProtocol):
+    """A plain connection's two ends, for both echo protocols below."""
 
     __slots__ = ("server", "session", "transport")
 
@@ -145,6 +147,21 @@ class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         self.session = self.server.connection_made(self, transport)
+
+    def eof_received(self) -> bool:
+        # Returning False lets the transport close after flushing what is still pending:
+        # RFC 862's half-close is "finish the echo, then close".
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.server.connection_lost(self, exc)
+
+
+class EchoProtocol(EchoConnection, asyncio.BufferedProtocol):
+    """One connection: every byte read is written back unchanged."""
+
+    __slots__ = ()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server.read_buffer
@@ -166,14 +183,23 @@ class EchoProtocol(ReadPausing, asyncio.BufferedProtocol):
                 self.server.read_buffer = memoryview(bytearray(self.server.config.read_size))
         self.session.echoed(nbytes)
 
-    def eof_received(self) -> bool:
-        # Returning False lets the transport close after flushing what is still pending:
-        # RFC 862's half-close is "finish the echo, then close".
-        return False
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None:
-            self.server.connection_lost(self, exc)
+class UvloopEchoProtocol(EchoConnection, asyncio.Protocol):
+    """:class:`EchoProtocol` on uvloop (``--loop uvloop``): a plain ``Protocol``.
+
+    What the shared read buffer saves on asyncio's own loop, uvloop already does: it reads
+    every connection into one loop-wide buffer of its own and hands ``data_received`` an
+    exact-size ``bytes``. Its ``BufferedProtocol`` path costs more there: 5-18% CPU per echo
+    against a plain ``Protocol`` (``benchmarks/uvloop_protocols.py``, docs/PERFORMANCE.md).
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        assert self.session is not None
+        self.transport.write(data)  # bytes of its own: the transport may keep them
+        self.session.echoed(len(data))
 
 
 class PreambleEchoProtocol(EchoProtocol):
@@ -503,7 +529,7 @@ class FaultedEchoProtocol(asyncio.BufferedProtocol):
 
 #: What the loop holds per connection: the plain protocol (with a preamble or not), the TLS
 #: one or the faulted one.
-AnyEchoProtocol = EchoProtocol | TLSEchoProtocol | FaultedEchoProtocol
+AnyEchoProtocol = EchoConnection | TLSEchoProtocol | FaultedEchoProtocol
 
 
 def socket_of(protocol: AnyEchoProtocol) -> Any:
@@ -649,6 +675,8 @@ class AsyncioServer(EchoServer):
             return FaultedEchoProtocol(self)
         if self.config.proxy_protocol is not None or self.config.identify is not None:
             return PreambleEchoProtocol(self)
+        if self.config.loop == "uvloop":
+            return UvloopEchoProtocol(self)
         return EchoProtocol(self)
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
