@@ -39,7 +39,8 @@ from tests.procinfo import cpu_seconds, descriptors, wait_until
 EXHAUSTED_WINDOW = 0.6
 #: CPU seconds it may use in that window: backing off costs a few wake-ups; spinning costs all.
 EXHAUSTED_CPU = 0.15
-#: Seconds between two "accept failed" warnings at most (core.RateLimitedNotice's default).
+#: Seconds between two "accept failed" (or FD_SETSIZE) warnings at most (the default interval
+#: of core.RateLimitedNotice).
 ACCEPT_NOTICE_INTERVAL = 5.0
 
 
@@ -135,6 +136,7 @@ def test_descriptors_above_fd_setsize_are_refused_by_select_only_and_never_crash
 ) -> None:
     monkeypatch.setenv("SOCKECHO_TEST_LOW_FREE", "12")
     srv = crowded(serve_process)("--model", model, "--port", "0", "--idle-timeout", "0")
+    started = time.monotonic()  # no refusal, so no notice, before this
     clients = [connect(srv.address) for _ in range(25)]  # kept open: their numbers stay taken
     try:
         refused = 0
@@ -147,6 +149,7 @@ def test_descriptors_above_fd_setsize_are_refused_by_select_only_and_never_crash
         for sock in clients[:5]:  # the loop neither crashed nor stopped serving
             sock.sendall(b"alive")
             assert recv_exactly(sock, 5) == b"alive"
+        refusing = time.monotonic() - started  # every refusal happened by now
     finally:
         for sock in clients:
             sock.close()
@@ -156,7 +159,9 @@ def test_descriptors_above_fd_setsize_are_refused_by_select_only_and_never_crash
     notices = [line for line in srv.stderr_lines if "FD_SETSIZE" in line]
     if model == "select":
         assert refused >= 15
-        assert len(notices) == 1, notices  # rate-limited
+        # Rate-limited: one line per notice interval (5 s) the refusals spanned. Usually one;
+        # a busy machine may stretch them over an interval's end.
+        assert 1 <= len(notices) <= 1 + int(refusing // ACCEPT_NOTICE_INTERVAL), notices
         assert "refused 1 connection(s) on descriptors >= 1024" in notices[0]
     else:  # epoll and threads have no such limit
         assert refused == 0

@@ -56,8 +56,9 @@ class Haproxy:
     stats_socket: Path
     log: list[str]
 
-    def show_stat(self) -> dict[str, str]:
-        """Each backend server's status (``UP``, ``DOWN``...), from the stats socket."""
+    def show_stat(self, column: str = "status") -> dict[str, str]:
+        """A column of ``show stat`` for each backend server, from the stats socket: by
+        default its status (``UP``, ``DOWN``...)."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(WAIT)
             sock.connect(str(self.stats_socket))
@@ -67,7 +68,7 @@ class Haproxy:
                 data += chunk
         rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
         return {
-            row["svname"]: row["status"]
+            row["svname"]: row[column]
             for row in rows
             if row["pxname"] == "echoes" and row["svname"] not in ("BACKEND", "FRONTEND")
         }
@@ -268,10 +269,15 @@ def test_bench_identify_through_haproxy_reports_an_even_spread(haproxy: Haproxy)
                      duration=None, requests=2000, warmup=0, identify=True)  # fmt: skip
     result = run_bench(spec)
     assert result.ok, result.errors
-    assert {name: counts["connections"] for name, counts in result.instances.items()} == {
-        "a": 5,
-        "b": 5,
-    }
+    connections = {name: counts["connections"] for name, counts in result.instances.items()}
+    # Round robin: 5 and 5, but for the connections haproxy moved to the other instance after
+    # an attempt that failed (retries + redispatch, as the stop test needs). On a busy machine
+    # it came out 6 and 4 once: b's log showed a connection closed at once, before any echo.
+    # haproxy counts such moves per server ("wredis"); with none, it must be 5 and 5.
+    moved = sum(int(count or 0) for count in haproxy.show_stat("wredis").values())
+    assert set(connections) == {"a", "b"}
+    assert sum(connections.values()) == 10
+    assert all(abs(count - 5) <= moved for count in connections.values()), (connections, moved)
     spread = result.spread()
     for row in spread["instances"].values():
         assert 0.3 <= row["round_trip_share"] <= 0.7

@@ -86,10 +86,12 @@ def test_connections_beyond_the_limit_are_closed_at_once_and_logged_once(
     with Server(ServerConfig(model=model, port=0, max_connections=2, drain_timeout=0.5)) as srv:
         first, second = connect(srv.address), connect(srv.address)
         assert echo_once(first) == echo_once(second) == b"ping"  # both admitted and served
+        started = time.monotonic()  # no rejection before this
         for _ in range(20):
             with connect(srv.address) as refused:
                 assert closed_by_server(refused)
         assert srv.stats.wait_for(lambda s: s.connections_rejected == 20, WAIT)
+        rejecting = time.monotonic() - started  # every rejection happened by now
         assert echo_once(first, b"unaffected") == b"unaffected"
         assert echo_once(second, b"unaffected") == b"unaffected"
         first.close()  # frees a slot: the next client is served
@@ -98,7 +100,9 @@ def test_connections_beyond_the_limit_are_closed_at_once_and_logged_once(
             assert echo_once(third) == b"ping"
         second.close()
     notices = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
-    assert len(notices) == 1, notices  # rate-limited: 20 rejections, one line
+    # Rate-limited: 20 rejections, one line per notice interval (5 s) they spanned; usually
+    # one, more only if a busy machine stretched them over an interval's end.
+    assert 1 <= len(notices) <= 1 + int(rejecting // 5.0), notices
     assert "limit reached (2 connections" in notices[0]
 
 
