@@ -108,23 +108,9 @@ def corrupting_handler(every: int) -> Handler:
     return handler
 
 
-def resetting_handler(after: int) -> Handler:
-    """Echo ``after`` chunks on each connection, then reset it (RST, not FIN)."""
-
-    def handler(conn: socket.socket, peer: TcpPeer) -> None:
-        for _ in range(after):
-            data = conn.recv(CHUNK)
-            if not data:
-                return
-            conn.sendall(data)
-        conn.recv(CHUNK)  # a request is in flight when the reset comes
-        reset(conn)
-
-    return handler
-
-
-def closing_handler(after: int) -> Handler:
-    """Echo ``after`` chunks on each connection, then close it (FIN) with a request in flight."""
+def ending_handler(after: int, end: Callable[[socket.socket], None]) -> Handler:
+    """Echo ``after`` chunks on each connection, take one more request (it is in flight when
+    the end comes), then ``end(conn)``; the connection is closed after it."""
 
     def handler(conn: socket.socket, peer: TcpPeer) -> None:
         for _ in range(after):
@@ -133,8 +119,19 @@ def closing_handler(after: int) -> Handler:
                 return
             conn.sendall(data)
         conn.recv(CHUNK)
+        end(conn)
 
     return handler
+
+
+def resetting_handler(after: int) -> Handler:
+    """Echo ``after`` chunks on each connection, then reset it (RST, not FIN)."""
+    return ending_handler(after, reset)
+
+
+def closing_handler(after: int) -> Handler:
+    """Echo ``after`` chunks on each connection, then close it (FIN) with a request in flight."""
+    return ending_handler(after, lambda conn: None)  # TcpPeer closes it when the handler ends
 
 
 def swallowing_handler(conn: socket.socket, peer: TcpPeer) -> None:

@@ -391,20 +391,26 @@ def test_bad_arguments_are_usage_errors(
     assert message in capsys.readouterr().err
 
 
+def run_benchmarks(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """benchmarks/run with this interpreter; it must succeed."""
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_benchmarks_run_quick_smoke(tmp_path: Path) -> None:
     require_tool("gcc")
     out = tmp_path / "results"
     argv = [str(REPO / "benchmarks" / "run"), "--quick", "--duration", "0.1", "--warmup", "0.05"]
     argv += ["--models", "asyncio", "--scenarios", "1x64B", "--no-idle", "--no-generator"]
-    done = subprocess.run(
-        [*argv, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT * 2,
-        check=False,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_benchmarks([*argv, "--out", str(out)], timeout=WAIT * 2)
     report = json.loads((out / "benchmarks.json").read_text())
     rows = report["scenarios"]["1x64B"]
     assert {"sockecho asyncio", "C epoll", "asyncio Protocol", "ThreadingTCPServer"} <= set(rows)
@@ -578,15 +584,7 @@ def test_benchmarks_run_checks_each_bench_engine_against_the_c_client(tmp_path: 
     out = tmp_path / "results"
     argv = [str(REPO / "benchmarks" / "run"), "--quick", "--duration", "0.2", "--warmup", "0.05"]
     argv += ["--models", "asyncio", "--scenarios", "1x64B", "--no-idle", "--out", str(out)]
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=WAIT * 6,
-        check=False,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert done.returncode == 0, done.stderr
+    run_benchmarks(argv, timeout=WAIT * 6)
     generator = json.loads((out / "benchmarks.json").read_text())["generator"]
     assert set(generator["scenarios"]) == {"50x1KiB", "1x64B"}
     assert generator["sockecho_bench_errors"] == 0
