@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -17,7 +18,14 @@ import pytest
 from sockecho import MODELS, Server, ServerConfig
 from sockecho.config import SELECT_MAX_CONNECTIONS
 from sockecho.errors import ConfigError
-from tests.conftest import CONCURRENT_MODELS, WAIT, connect, recv_exactly, recv_until_eof
+from tests.conftest import (
+    CONCURRENT_MODELS,
+    WAIT,
+    ServeProcess,
+    connect,
+    recv_exactly,
+    recv_until_eof,
+)
 
 #: Seconds: short, so the tests are quick, but well above the time one echo takes.
 IDLE_TIMEOUT = 0.5
@@ -170,3 +178,33 @@ def test_a_slow_reader_draining_the_kernel_queue_is_not_idle(model: str) -> None
                     threading.Event().wait(0.05)  # the slow reader's pace (not a sync wait)
         assert bytes(received) == payload
         assert srv.snapshot().idle_closed == 0
+
+
+@pytest.mark.parametrize("model", ["select", "selectors"])
+def test_clients_that_close_and_reconnect_at_once_get_their_slots_back(
+    model: str, serve_process: type[ServeProcess]
+) -> None:
+    """A load generator closes all its connections and opens as many again at once. The
+    server, stopped meanwhile (SIGSTOP), then sees both in one readiness wait: it must handle
+    the closes before it accepts, or it counts the new clients against --max-connections
+    while the old ones still hold their slots, and refuses them (the select model did, with
+    the C client's 1000 connections against its ceiling of 1000)."""
+    limit = 20
+    server = serve_process("--model", model, "--port", "0", "--max-connections", str(limit))
+    old = [connect(server.address) for _ in range(limit)]
+    for sock in old:
+        assert echo_once(sock) == b"ping"
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for sock in old:
+            sock.close()
+        new = [connect(server.address) for _ in range(limit)]  # the kernel queues them
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    try:
+        for sock in new:
+            assert echo_once(sock) == b"ping", server.logged_lines()
+    finally:
+        for sock in new:
+            sock.close()
+    assert not any("rejected" in line for line in server.logged_lines())

@@ -86,6 +86,8 @@ class ReadinessModel(EchoServer):
         self.handshakes: dict[socket.socket, PendingHandshake] = {}
         #: monotonic time before which listeners are not watched (after EMFILE and friends)
         self.accept_paused_until = 0.0
+        # Listeners reported ready in this turn: accepted after the turn's other events.
+        self.ready_listeners: list[socket.socket] = []
         #: --fault's timers: (due, order, key, callback), earliest first; and each key's due
         self._timers: list[tuple[float, int, Hashable, Callable[[], None]]] = []
         self._timer_due: dict[Hashable, float] = {}
@@ -125,6 +127,14 @@ class ReadinessModel(EchoServer):
                 ):
                     break
                 wait_once(self.next_timeout(next_sweep, drain_until))
+                if self.ready_listeners:
+                    # Accept last: the connections' events of this turn come first, so a
+                    # client that closed frees its slot before a new one is counted against
+                    # --max-connections (a load generator closes 1000 connections and
+                    # opens 1000 more at once: accepted first, they were refused).
+                    for listener in self.ready_listeners:
+                        self.accept_ready(listener)
+                    self.ready_listeners.clear()
                 if timed and self._timers:
                     self.run_timers()
                 if time.monotonic() >= next_sweep:
@@ -154,7 +164,7 @@ class ReadinessModel(EchoServer):
         elif sock in self.datagram_sockets:
             self.echo_datagrams(sock)
         elif sock in self.listeners and self.accepting():
-            self.accept_ready(sock)
+            self.ready_listeners.append(sock)  # accepted once the turn's events are handled
 
     # -- 2. accept --------------------------------------------------------------------------
 
