@@ -464,11 +464,15 @@ def load_line(report: dict[str, Any]) -> str:
     cpus = report["machine"]["nproc"] or 1
     before, after = report["machine"]["load_before"], report.get("load_after")
     loaded = max(before, after or 0.0) > cpus / 2
-    return f"Load average (1 min) {before} before and {after} after the run on {cpus} CPUs" + (
-        ": **a loaded machine** (other jobs ran); absolute figures are inflated and noisy, "
-        "compare within a table only."
-        if loaded
-        else "."
+    return (
+        f"Load average (1 min) {before} before and {after} after the CPU measurements on {cpus} "
+        "CPUs (read before the storm, whose own threads load the machine)"
+        + (
+            ": **a loaded machine** (other jobs ran); absolute figures are inflated and noisy, "
+            "compare within a table only."
+            if loaded
+            else "."
+        )
     )
 
 
@@ -790,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         report["workers"] = workers_check(
             worker_counts, args.workers_model, duration, warmup, repetitions
         )
+    # Before the storm: its own thousand threads (threading model) drive the load average up.
+    report["load_after"] = round(os.getloadavg()[0], 2)
     if not args.no_storm:
         storm_models = [m for m in args.models.split(",") if "+" not in m]
         clients = args.storm_clients or (50 if args.quick else STORM_CLIENTS)
@@ -797,7 +803,6 @@ def main(argv: list[str] | None = None) -> int:
         report["storm"] = connect_storm.run(storm_models, clients, repetitions)
         report["storm_clients"] = clients
     report["elapsed_s"] = round(time.monotonic() - started, 1)
-    report["load_after"] = round(os.getloadavg()[0], 2)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
