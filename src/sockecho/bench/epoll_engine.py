@@ -349,8 +349,8 @@ class EpollEngine(Measurement):
         for connection in self.connections:
             connection.check_timeout(now)
         self.publish_progress()
-        if now > self.measure_end + self.spec.timeout + 1.0:
-            self.stopping = True  # a bound on the whole run whatever the server does
+        if self.overran(now):
+            self.stopping = True
             for connection in self.connections:
                 connection.close_and_finish()
 

@@ -166,6 +166,11 @@ class Measurement:
     def measured(self, intended: float) -> bool:
         return intended >= self.measure_start
 
+    def overran(self, now: float) -> bool:
+        """Whether the run is past its bound whatever the server does: the window's end,
+        one timeout for the last requests in flight, and a second."""
+        return now > self.measure_end + self.spec.timeout + 1.0
+
     def complete(self, intended: float, now: float) -> bool:
         """Count one round trip; whether it was in the measured window."""
         if intended >= self.measure_start:
@@ -729,8 +734,8 @@ async def tick(run: Run, channels: list[TcpChannel | UdpChannel]) -> None:
         for channel in channels:
             channel.check_timeout(now)
         run.publish_progress()
-        if now > run.measure_end + run.spec.timeout + 1.0:
-            run.stopping = True  # a bound on the whole run whatever the server does
+        if run.overran(now):
+            run.stopping = True
             for channel in channels:
                 channel.finish()
 
